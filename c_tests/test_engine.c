@@ -1,0 +1,402 @@
+/*
+ * test_engine.c — the engine through the public API: running workflows end to end, replay
+ * after a restart (recorded values are never re-drawn), non-determinism detection, the
+ * durable inbox, timers across a restart, cancellation, action errors, and bad input.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "test_util.h"
+#include "wfhost.h"
+
+static char dir[64], wfdir[128], db[128];
+static int64_t fake_now = 1700000000000; /* a virtual clock, so timers are exact */
+static int64_t clock_fn(void *ud) {
+  (void)ud;
+  return fake_now;
+}
+
+static void write_file(const char *name, const char *src) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/%s", wfdir, name);
+  FILE *f = fopen(path, "w");
+  fputs(src, f);
+  fclose(f);
+}
+
+static char last_log[4096];
+static int quiet_log_count;
+static void log_fn(void *ud, wf_log_level lvl, const char *inst, const char *msg, const char *fields) {
+  (void)ud, (void)lvl, (void)inst, (void)fields;
+  snprintf(last_log, sizeof last_log, "%s", msg);
+  quiet_log_count++;
+}
+
+static wf_host *open_host(wf_config *extra) {
+  wf_config cfg;
+  wf_config_init(&cfg);
+  if (extra) cfg = *extra;
+  cfg.clock = clock_fn;
+  cfg.log = log_fn;
+  cfg.seed = 42;
+  wf_host *h;
+  int rc = wf_host_open(db, &cfg, &h);
+  if (rc != WF_OK) fprintf(stderr, "open: %s\n", wf_errmsg(h));
+  CHECK(rc == WF_OK);
+  rc = wf_load_dir(h, wfdir);
+  if (rc != WF_OK) fprintf(stderr, "load: %s\n", wf_errmsg(h));
+  CHECK(rc == WF_OK);
+  return h;
+}
+
+static char *status_of(wf_host *h, const char *id) {
+  static char buf[64];
+  wf_info *i;
+  if (wf_get(h, id, &i) != WF_OK) return "absent";
+  snprintf(buf, sizeof buf, "%s", i->status);
+  wf_info_free(i);
+  return buf;
+}
+
+static wf_info *info_of(wf_host *h, const char *id) {
+  wf_info *i = NULL;
+  CHECK(wf_get(h, id, &i) == WF_OK);
+  return i;
+}
+
+static int history_has(wf_host *h, const char *id, const char *kind, const char *name) {
+  wf_history_entry *e;
+  size_t n;
+  int found = 0;
+  if (wf_history(h, id, &e, &n) != WF_OK) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(e[i].kind, kind) && (!name || (e[i].name && !strcmp(e[i].name, name)))) found++;
+  wf_history_free(e, n);
+  return found;
+}
+
+static void start(wf_host *h, const char *wf, const char *input, const char *id) {
+  int rc = wf_start(h, wf, input, id, NULL, NULL, NULL);
+  if (rc != WF_OK) fprintf(stderr, "start %s: %s\n", wf, wf_errmsg(h));
+  CHECK(rc == WF_OK);
+}
+
+/* A C action that fails with a structured error. */
+static void action_decline(wf_call *c, void *ud) {
+  (void)ud;
+  wf_call_fail(c, "declined", "card declined", 0);
+}
+
+/* A C action that completes later, from a libuv timer, and counts its invocations. */
+static int slow_calls;
+static char slow_key[256];
+static void slow_done(uv_timer_t *t) {
+  wf_call *c = t->data;
+  wf_call_ok(c, "{\"slow\":true}");
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+static void action_slow(wf_call *c, void *ud) {
+  (void)ud;
+  slow_calls++;
+  snprintf(slow_key, sizeof slow_key, "%s", wf_call_key(c));
+  uv_timer_t *t = malloc(sizeof *t);
+  uv_timer_init(wf_host_loop(wf_call_host(c)), t);
+  t->data = c;
+  uv_timer_start(t, slow_done, 5, 0);
+}
+
+static void test_sequence(void) {
+  write_file("seq.lua",
+             "return workflow.define { name = 'seq', version = 1, run = function(ctx, input)\n"
+             "  local total = 0\n"
+             "  for i = 1, 3 do local r = ctx.actions.echo { n = input.n + i }; total = total + r.n end\n"
+             "  ctx:set_state('done')\n"
+             "  ctx.data.total = total\n"
+             "  return { total = total }\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "seq", "{\"n\":10}", "s1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = info_of(h, "s1");
+  CHECK(!strcmp(i->status, "completed"));
+  CHECK(i->output_json && !strcmp(i->output_json, "{\"total\":36}"));
+  CHECK(i->state && !strcmp(i->state, "done"));
+  CHECK(i->data_json && strstr(i->data_json, "\"total\":36"));
+  CHECK(i->version == 1);
+  wf_info_free(i);
+  CHECK(history_has(h, "s1", "action", "echo") == 3);
+  CHECK(history_has(h, "s1", "action_result", "echo") == 3);
+  CHECK(history_has(h, "s1", "completed", NULL) == 1);
+  CHECK(history_has(h, "s1", "state", "done") == 1);
+
+  /* Starting the same id again returns the existing instance: nothing runs twice. */
+  start(h, "seq", "{\"n\":99}", "s1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(history_has(h, "s1", "started", NULL) == 1);
+  CHECK(history_has(h, "s1", "action", "echo") == 3);
+  wf_host_close(h);
+}
+
+static void test_replay_after_restart(void) {
+  write_file("rec.lua",
+             "return workflow.define { name = 'rec', run = function(ctx, input)\n"
+             "  local a = { now = ctx:now(), r = ctx:random(), d = ctx:random(1, 6), u = ctx:uuid() }\n"
+             "  ctx.data.before = a\n"
+             "  ctx.log:info('before the wait', { n = 1 })\n"
+             "  local ev = ctx:wait_for('go')\n"
+             "  return { a = a, ev = ev.data }\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "rec", NULL, "r1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "r1"), "waiting"));
+  wf_info *i = info_of(h, "r1");
+  char before[512];
+  snprintf(before, sizeof before, "%s", i->data_json);
+  CHECK(i->waiting_for && strstr(i->waiting_for, "event go"));
+  wf_info_free(i);
+  wf_host_close(h);
+
+  /* A new host: a fresh Lua state rebuilds the instance by replay. */
+  fake_now += 60000;
+  quiet_log_count = 0;
+  h = open_host(NULL);
+  CHECK(wf_signal(h, "r1", "go", "{\"x\":1}", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  i = info_of(h, "r1");
+  CHECK(!strcmp(i->status, "completed"));
+  /* The output holds the values drawn before the restart, not new ones. */
+  CHECK(i->output_json != NULL);
+  static const char *const keys[] = {"\"u\":", "\"r\":", "\"now\":", "\"d\":"};
+  for (int k = 0; k < 4 && i->output_json; k++) {
+    const char *p = strstr(before, keys[k]);
+    CHECK(p != NULL);
+    if (!p) continue;
+    char val[128];
+    size_t n = strcspn(p, ",}");
+    snprintf(val, sizeof val, "%.*s", (int)n, p);
+    CHECK(strstr(i->output_json, val) != NULL);
+  }
+  CHECK(strstr(i->output_json, "\"ev\":{\"x\":1}") != NULL);
+  wf_info_free(i);
+  /* The log line written before the wait is not written again during replay. */
+  CHECK(strstr(last_log, "before the wait") == NULL);
+  CHECK(history_has(h, "r1", "now", NULL) == 1);
+  CHECK(history_has(h, "r1", "random", NULL) == 2);
+  wf_host_close(h);
+}
+
+static void test_nondeterminism(void) {
+  write_file("nd.lua",
+             "return workflow.define { name = 'nd', run = function(ctx)\n"
+             "  ctx.actions.echo { step = 1 }\n"
+             "  ctx:wait_for('go')\n"
+             "  return 'ok'\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "nd", NULL, "n1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "n1"), "waiting"));
+  wf_host_close(h);
+
+  /* Deploy code that calls another action at the same step. */
+  write_file("nd.lua",
+             "return workflow.define { name = 'nd', run = function(ctx)\n"
+             "  ctx.actions.log { message = 'changed' }\n"
+             "  ctx:wait_for('go')\n"
+             "  return 'ok'\n"
+             "end }\n");
+  h = open_host(NULL);
+  CHECK(wf_signal(h, "n1", "go", NULL, NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = info_of(h, "n1");
+  CHECK(!strcmp(i->status, "suspended"));
+  CHECK(i->error && strstr(i->error, "history has action `echo`"));
+  CHECK(i->error && strstr(i->error, "calls action `log`"));
+  CHECK(i->error && strstr(i->error, "step 1"));
+  wf_info_free(i);
+  CHECK(wf_signal(h, "n1", "go", NULL, NULL, NULL) == WF_OK); /* suspended still takes events */
+  wf_host_close(h);
+
+  /* Restore the code and retry: it resumes where it was and takes the buffered event. */
+  write_file("nd.lua",
+             "return workflow.define { name = 'nd', run = function(ctx)\n"
+             "  ctx.actions.echo { step = 1 }\n"
+             "  ctx:wait_for('go')\n"
+             "  return 'ok'\n"
+             "end }\n");
+  h = open_host(NULL);
+  CHECK(wf_retry(h, "n1", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "n1"), "completed"));
+  CHECK(history_has(h, "n1", "action", "echo") == 1);
+  CHECK(wf_retry(h, "n1", NULL, NULL) == WF_STATE);
+  wf_host_close(h);
+}
+
+static void test_inbox(void) {
+  write_file("inbox.lua",
+             "return workflow.define { name = 'inbox', run = function(ctx)\n"
+             "  ctx.actions.echo {}\n"
+             "  local a = ctx:wait_for({ 'A', 'B' })\n"
+             "  local b = ctx:wait_for({ 'A', 'B' })\n"
+             "  local c, why = ctx:wait_for('C', { timeout = '10s' })\n"
+             "  return { a.name, a.data, b.name, b.data, why }\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "inbox", NULL, "i1");
+  /* Both events arrive before the instance waits; the oldest is taken first, once. */
+  CHECK(wf_host_drain(h) == WF_OK);
+  start(h, "inbox", NULL, "i2");
+  CHECK(wf_signal(h, "i2", "B", "1", NULL, NULL) == WF_OK); /* i2 not yet started: buffered */
+  CHECK(wf_signal(h, "i2", "A", "2", NULL, NULL) == WF_OK);
+  CHECK(wf_signal(h, "i1", "A", "3", NULL, NULL) == WF_OK);
+  CHECK(wf_signal(h, "i1", "A", "4", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "i2"), "waiting"));
+  fake_now += 10000;
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = info_of(h, "i2");
+  CHECK(!strcmp(i->status, "completed"));
+  CHECK(i->output_json && !strcmp(i->output_json, "[\"B\",1,\"A\",2,\"timeout\"]"));
+  wf_info_free(i);
+  i = info_of(h, "i1");
+  CHECK(i->output_json && !strcmp(i->output_json, "[\"A\",3,\"A\",4,\"timeout\"]"));
+  wf_info_free(i);
+  CHECK(history_has(h, "i1", "event", "A") == 2);
+  CHECK(history_has(h, "i1", "timeout", NULL) == 1);
+  wf_host_close(h);
+}
+
+static void test_timer_across_restart(void) {
+  write_file("nap.lua",
+             "return workflow.define { name = 'nap', run = function(ctx)\n"
+             "  local t0 = ctx:now()\n"
+             "  ctx:sleep('5m')\n"
+             "  return ctx:now() - t0\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "nap", NULL, "t1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "t1"), "waiting"));
+  fake_now += 299000;
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "t1"), "waiting"));
+  wf_host_close(h);
+  /* The timer falls due while no host runs; the next host fires it at once. */
+  fake_now += 3600000;
+  h = open_host(NULL);
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = info_of(h, "t1");
+  CHECK(!strcmp(i->status, "completed"));
+  CHECK(i->output_json && !strcmp(i->output_json, "3899.0") ? 1 : (i->output_json && atof(i->output_json) == 3899.0));
+  wf_info_free(i);
+  CHECK(history_has(h, "t1", "timer_fired", NULL) == 1);
+  wf_host_close(h);
+}
+
+static void test_action_errors_and_async(void) {
+  write_file("pay.lua",
+             "return workflow.define { name = 'pay', run = function(ctx)\n"
+             "  local ok, err = pcall(ctx.actions.decline, { amount = 5 })\n"
+             "  local s = ctx.actions.slow { }\n"
+             "  return { ok = ok, code = err.code, msg = err.message, retryable = err.retryable, slow = s.slow }\n"
+             "end }\n");
+  write_file("boom.lua",
+             "return workflow.define { name = 'boom', run = function(ctx)\n"
+             "  ctx.actions.decline {}\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  CHECK(wf_register_action(h, "decline", action_decline, NULL) == WF_OK);
+  CHECK(wf_register_action(h, "slow", action_slow, NULL) == WF_OK);
+  start(h, "pay", NULL, "p1");
+  start(h, "boom", NULL, "b1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = info_of(h, "p1");
+  CHECK(!strcmp(i->status, "completed"));
+  CHECK(i->output_json && strstr(i->output_json, "\"code\":\"declined\""));
+  CHECK(i->output_json && strstr(i->output_json, "\"slow\":true"));
+  CHECK(i->output_json && strstr(i->output_json, "\"retryable\":false"));
+  wf_info_free(i);
+  CHECK(slow_calls == 1);
+  CHECK(!strcmp(slow_key, "p1:2"));
+  i = info_of(h, "b1");
+  CHECK(!strcmp(i->status, "failed"));
+  /* The message names the action and the error, and the traceback the workflow line. */
+  CHECK(i->error && strstr(i->error, "action 'decline' failed: declined: card declined"));
+  CHECK(i->error && strstr(i->error, "boom.lua:2"));
+  wf_info_free(i);
+  wf_host_close(h);
+}
+
+static void test_cancel(void) {
+  write_file("cx.lua",
+             "return workflow.define { name = 'cx', run = function(ctx)\n"
+             "  local ok, err = pcall(ctx.wait_for, ctx, 'never')\n"
+             "  ctx.data.cleanup = err.code\n"
+             "  ctx.actions.echo { cleanup = true }\n"
+             "  error(err)\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "cx", NULL, "c1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(wf_cancel(h, "c1", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = info_of(h, "c1");
+  CHECK(!strcmp(i->status, "cancelled"));
+  CHECK(i->data_json && strstr(i->data_json, "\"cleanup\":\"cancelled\""));
+  wf_info_free(i);
+  CHECK(history_has(h, "c1", "action", "echo") == 1);
+  CHECK(wf_cancel(h, "c1", NULL, NULL) == WF_STATE);
+  CHECK(strstr(wf_errmsg(h), "cancelled") != NULL);
+  wf_host_close(h);
+}
+
+static void test_bad_input(void) {
+  wf_host *h = open_host(NULL);
+  CHECK(wf_start(h, "nope", NULL, NULL, NULL, NULL, NULL) == WF_NOTFOUND);
+  CHECK(strstr(wf_errmsg(h), "unknown workflow 'nope'") != NULL);
+  CHECK(wf_start(h, "seq", "{\"n\":", NULL, NULL, NULL, NULL) == WF_INVALID);
+  CHECK(strstr(wf_errmsg(h), "not valid JSON") != NULL);
+  CHECK(wf_start(h, "seq", "{}", "has space", NULL, NULL, NULL) == WF_INVALID);
+  CHECK(wf_signal(h, "ghost", "go", NULL, NULL, NULL) == WF_NOTFOUND);
+  CHECK(strstr(wf_errmsg(h), "no instance 'ghost'") != NULL);
+  CHECK(wf_signal(h, "s1", "go", NULL, NULL, NULL) == WF_STATE);
+  CHECK(strstr(wf_errmsg(h), "completed") != NULL);
+  char *big = malloc(2 << 20);
+  memset(big, ' ', 2 << 20);
+  big[0] = '"';
+  big[(2 << 20) - 2] = '"';
+  big[(2 << 20) - 1] = 0;
+  CHECK(wf_start(h, "seq", big, NULL, NULL, NULL, NULL) == WF_INVALID);
+  CHECK(strstr(wf_errmsg(h), "max_payload") != NULL);
+  free(big);
+  /* A second host on the same database is refused. */
+  wf_host *h2;
+  wf_config cfg;
+  wf_config_init(&cfg);
+  CHECK(wf_host_open(db, &cfg, &h2) == WF_BUSY);
+  CHECK(strstr(wf_errmsg(h2), "another wfhost host") != NULL);
+  wf_host_close(h2);
+  wf_host_close(h);
+  wf_host_close(NULL);
+}
+
+int main(void) {
+  snprintf(dir, sizeof dir, "%s", test_tmpdir());
+  snprintf(wfdir, sizeof wfdir, "%s/workflows", dir);
+  snprintf(db, sizeof db, "%s/test.db", dir);
+  mkdir(wfdir, 0755);
+  test_sequence();
+  test_replay_after_restart();
+  test_nondeterminism();
+  test_inbox();
+  test_timer_across_restart();
+  test_action_errors_and_async();
+  test_cancel();
+  test_bad_input();
+  TEST_MAIN_END();
+}

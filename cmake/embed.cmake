@@ -1,0 +1,18 @@
+# Turns Lua source files into a C file holding each as a byte array:
+#   const wf_embedded_file wf_embedded[] = { {"name", data, len}, ..., {0} };
+set(body "#include <stddef.h>\n")
+set(table "")
+set(i 0)
+foreach(f ${INPUTS})
+  get_filename_component(name ${f} NAME_WE)
+  file(READ ${f} hex HEX)
+  string(LENGTH "${hex}" hexlen)
+  math(EXPR len "${hexlen} / 2")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND body "static const char f${i}[] = {${bytes}0};\n")
+  string(APPEND table "  {\"${name}\", f${i}, ${len}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND body "typedef struct { const char *name; const char *data; size_t len; } wf_embedded_file;\n")
+string(APPEND body "const wf_embedded_file wf_embedded[] = {\n${table}  {0, 0, 0}\n};\n")
+file(WRITE ${OUT} "${body}")

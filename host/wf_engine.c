@@ -1,0 +1,716 @@
+/*
+ * wf_engine.c — scheduling and durability. Instances in memory, the ready queue, the
+ * timer heap, the bounded cache of live coroutines, recovery at start, requests from the
+ * API and from other processes, and group commit:
+ *
+ *   one batch = BEGIN; take requests; advance every ready instance (wf_step.c) writing its
+ *   journal; write changed rows; COMMIT; then release effects: answer callers, invoke
+ *   actions, evict cold coroutines.
+ *
+ * Nothing outside the host sees an effect before the state that caused it is committed.
+ * If a commit fails (disk full, I/O error), the batch is rolled back, every instance it
+ * touched is dropped from memory and rebuilt later from what is durable, and callers get
+ * the error: nothing acknowledged is lost.
+ */
+#include <inttypes.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wf_engine.h"
+
+#define BATCH_MAX 8192 /* instances advanced per transaction */
+
+static void on_idle(uv_idle_t *idle);
+
+/* ---- instance table ------------------------------------------------------------------ */
+
+static uint64_t hash_str(const char *s) {
+  uint64_t x = 1469598103934665603ull;
+  while (*s) x = (x ^ (unsigned char)*s++) * 1099511628211ull;
+  return x;
+}
+
+wf_instance *wf_engine_find(wf_host *h, const char *id) {
+  if (!h->nbuckets) return NULL;
+  for (wf_instance *in = h->buckets[hash_str(id) & (h->nbuckets - 1)]; in; in = in->hnext)
+    if (!strcmp(in->id, id)) return in;
+  return NULL;
+}
+
+static void table_grow(wf_host *h) {
+  size_t n = h->nbuckets ? h->nbuckets * 2 : 1024;
+  wf_instance **b = calloc(n, sizeof *b);
+  if (!b) abort();
+  for (size_t i = 0; i < h->nbuckets; i++) {
+    for (wf_instance *in = h->buckets[i], *next; in; in = next) {
+      next = in->hnext;
+      size_t j = hash_str(in->id) & (n - 1);
+      in->hnext = b[j];
+      b[j] = in;
+    }
+  }
+  free(h->buckets);
+  h->buckets = b;
+  h->nbuckets = n;
+}
+
+/* Returns the resident instance with this id, creating a stub (to be loaded from the store)
+ * if there is none. */
+static wf_instance *get_or_stub(wf_host *h, const char *id) {
+  wf_instance *in = wf_engine_find(h, id);
+  if (in) return in;
+  if (h->ninstances + 1 > h->nbuckets) table_grow(h);
+  in = calloc(1, sizeof *in);
+  if (!in) abort();
+  in->id = wf_strdup(id);
+  in->co_ref = in->ctx_ref = LUA_NOREF;
+  in->inbox_tail = &in->inbox;
+  size_t j = hash_str(id) & (h->nbuckets - 1);
+  in->hnext = h->buckets[j];
+  h->buckets[j] = in;
+  h->ninstances++;
+  return in;
+}
+
+void wf_instance_free_pend(wf_instance *in) {
+  free(in->pend.name);
+  free(in->pend.params);
+  free(in->pend.result);
+  memset(&in->pend, 0, sizeof in->pend);
+}
+
+static void lru_remove(wf_host *h, wf_instance *in) {
+  if (!in->in_lru) return;
+  if (in->lru_prev) in->lru_prev->lru_next = in->lru_next;
+  else h->lru_head = in->lru_next;
+  if (in->lru_next) in->lru_next->lru_prev = in->lru_prev;
+  else h->lru_tail = in->lru_prev;
+  in->lru_prev = in->lru_next = NULL;
+  in->in_lru = 0;
+}
+
+static void lru_touch(wf_host *h, wf_instance *in) {
+  lru_remove(h, in);
+  in->lru_prev = h->lru_tail;
+  if (h->lru_tail) h->lru_tail->lru_next = in;
+  else h->lru_head = in;
+  h->lru_tail = in;
+  in->in_lru = 1;
+}
+
+/* Removes an instance from memory. Its durable state is untouched. */
+static void instance_free(wf_host *h, wf_instance *in) {
+  wf_step_drop_coroutine(h, in);
+  if (in->pend.call) in->pend.call->seq = -1;
+  in->pend.call = NULL;
+  wf_instance_free_pend(in);
+  lru_remove(h, in);
+  wf_instance **pp = &h->buckets[hash_str(in->id) & (h->nbuckets - 1)];
+  while (*pp != in) pp = &(*pp)->hnext;
+  *pp = in->hnext;
+  h->ninstances--;
+  free(in->id);
+  free(in->workflow);
+  free(in->input);
+  free(in->state);
+  free(in->data);
+  free(in->output);
+  free(in->error);
+  free(in);
+}
+
+/* ---- inbox --------------------------------------------------------------------------- */
+
+void wf_event_free(wf_event *ev) {
+  if (!ev) return;
+  free(ev->name);
+  free(ev->data);
+  free(ev);
+}
+
+static void inbox_append(wf_instance *in, int64_t id, const char *name, const char *data, int64_t at) {
+  wf_event *ev = calloc(1, sizeof *ev);
+  if (!ev) abort();
+  ev->id = id;
+  ev->at = at;
+  ev->name = wf_strdup(name);
+  ev->data = wf_strdup(data ? data : "null");
+  *in->inbox_tail = ev;
+  in->inbox_tail = &ev->next;
+}
+
+static int name_in(const char *name, const char *names) {
+  size_t n = strlen(name);
+  for (const char *p = names; p;) {
+    const char *bar = strchr(p, '|');
+    size_t len = bar ? (size_t)(bar - p) : strlen(p);
+    if (len == n && !memcmp(p, name, n)) return 1;
+    p = bar ? bar + 1 : NULL;
+  }
+  return 0;
+}
+
+wf_event *wf_inbox_take(wf_instance *in, const char *names) {
+  for (wf_event **pp = &in->inbox; *pp; pp = &(*pp)->next) {
+    wf_event *ev = *pp;
+    if (!name_in(ev->name, names)) continue;
+    *pp = ev->next;
+    if (in->inbox_tail == &ev->next) in->inbox_tail = pp;
+    ev->next = NULL;
+    return ev;
+  }
+  return NULL;
+}
+
+static void load_event(void *ud, const wf_event_rec *ev) {
+  inbox_append(ud, ev->event_id, ev->name, ev->data, ev->at);
+}
+
+int wf_engine_load_inbox(wf_host *h, wf_instance *in) {
+  while (in->inbox) {
+    wf_event *ev = in->inbox;
+    in->inbox = ev->next;
+    wf_event_free(ev);
+  }
+  in->inbox_tail = &in->inbox;
+  return wf_store_pending_events(h->st, in->id, load_event, in);
+}
+
+/* ---- journal ------------------------------------------------------------------------- */
+
+static void touch(wf_host *h, wf_instance *in) {
+  if (in->touched) return;
+  in->touched = 1;
+  in->touched_next = h->touched_head;
+  h->touched_head = in;
+}
+
+static void note_store_rc(wf_host *h, int rc) {
+  if (rc != WF_OK && h->batch_rc == WF_OK) {
+    h->batch_rc = rc;
+    wf_log(h, WF_LOG_ERROR, NULL, NULL, "store: %s", wf_store_errmsg(h->st));
+  }
+}
+
+void wf_engine_history_at(wf_host *h, wf_instance *in, int64_t seq, const char *kind,
+                          const char *name, const char *data, int64_t at) {
+  touch(h, in);
+  note_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, at));
+}
+
+void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
+                       const char *data) {
+  wf_engine_history_at(h, in, seq, kind, name, data, wf_now(h));
+}
+
+/* ---- ready queue --------------------------------------------------------------------- */
+
+void wf_engine_kick(wf_host *h) {
+  if (h->started && !h->closing && !uv_is_active((uv_handle_t *)&h->idle) && !h->recover_needed)
+    uv_idle_start(&h->idle, on_idle);
+}
+
+void wf_engine_ready(wf_host *h, wf_instance *in) {
+  if (!in->in_ready) {
+    in->in_ready = 1;
+    in->ready_next = NULL;
+    if (h->ready_tail) h->ready_tail->ready_next = in;
+    else h->ready_head = in;
+    h->ready_tail = in;
+  }
+  wf_engine_kick(h);
+}
+
+/* ---- timers -------------------------------------------------------------------------- */
+
+static void heap_swap(wf_timer *a, wf_timer *b) {
+  wf_timer t = *a;
+  *a = *b;
+  *b = t;
+}
+
+static void heap_push(wf_host *h, const char *id, int64_t seq, int64_t due) {
+  if (h->nheap == h->capheap) {
+    h->capheap = h->capheap ? h->capheap * 2 : 256;
+    h->heap = wf_xrealloc(h->heap, h->capheap * sizeof *h->heap);
+  }
+  size_t i = h->nheap++;
+  h->heap[i] = (wf_timer){.due = due, .seq = seq, .id = wf_strdup(id)};
+  while (i && h->heap[(i - 1) / 2].due > h->heap[i].due) {
+    heap_swap(&h->heap[(i - 1) / 2], &h->heap[i]);
+    i = (i - 1) / 2;
+  }
+}
+
+static wf_timer heap_pop(wf_host *h) {
+  wf_timer top = h->heap[0];
+  h->heap[0] = h->heap[--h->nheap];
+  for (size_t i = 0;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < h->nheap && h->heap[l].due < h->heap[m].due) m = l;
+    if (r < h->nheap && h->heap[r].due < h->heap[m].due) m = r;
+    if (m == i) break;
+    heap_swap(&h->heap[m], &h->heap[i]);
+    i = m;
+  }
+  return top;
+}
+
+static void on_wake(uv_timer_t *t);
+
+static void arm_timer(wf_host *h) {
+  if (!h->started || h->closing) return;
+  if (!h->nheap) {
+    uv_timer_stop(&h->wake_timer);
+    h->armed_due = 0;
+    return;
+  }
+  int64_t due = h->heap[0].due;
+  if (due == h->armed_due && uv_is_active((uv_handle_t *)&h->wake_timer)) return;
+  int64_t delay = due - wf_now(h);
+  h->armed_due = due;
+  uv_timer_start(&h->wake_timer, on_wake, delay > 0 ? (uint64_t)delay : 0, 0);
+}
+
+void wf_engine_add_timer(wf_host *h, wf_instance *in, int64_t seq, int64_t due) {
+  heap_push(h, in->id, seq, due);
+  arm_timer(h);
+}
+
+/* Makes instances with a due timer ready. A timer whose instance no longer waits on it is
+ * dropped: the instance checks what it waits on when it is advanced. */
+static void fire_due(wf_host *h) {
+  int64_t now = wf_now(h);
+  while (h->nheap && h->heap[0].due <= now) {
+    wf_timer t = heap_pop(h);
+    wf_instance *in = wf_engine_find(h, t.id);
+    if (!in) {
+      in = get_or_stub(h, t.id);
+      wf_engine_ready(h, in);
+    } else if (!in->co || (in->pend.seq == t.seq && in->pend.due)) {
+      wf_engine_ready(h, in);
+    }
+    free(t.id);
+  }
+}
+
+static void on_wake(uv_timer_t *t) {
+  wf_host *h = t->data;
+  h->armed_due = 0;
+  fire_due(h);
+  arm_timer(h);
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+void wf_engine_submit(wf_host *h, wf_submit *s) {
+  s->next = NULL;
+  *h->sub_tail = s;
+  h->sub_tail = &s->next;
+  wf_engine_kick(h);
+}
+
+static void answer(wf_host *h, wf_done_fn done, void *ud, const char *id, int rc) {
+  if (!done) return;
+  if (h->nanswers == h->capanswers) {
+    h->capanswers = h->capanswers ? h->capanswers * 2 : 64;
+    h->answers = wf_xrealloc(h->answers, h->capanswers * sizeof *h->answers);
+  }
+  h->answers[h->nanswers++] = (wf_answer){.done = done, .ud = ud, .id = wf_strdup(id), .rc = rc};
+}
+
+static void free_submit(wf_submit *s) {
+  free(s->id);
+  free(s->workflow);
+  free(s->name);
+  free(s->data);
+  free(s);
+}
+
+/* A new event for an instance: into its inbox if its coroutine is live (otherwise the inbox
+ * is loaded from the store when it is built), and wake it. */
+static void event_arrived(wf_host *h, const char *id, int64_t event_id, const char *name,
+                          const char *data, int64_t at) {
+  if (event_id > h->last_event_id) h->last_event_id = event_id;
+  wf_instance *in = get_or_stub(h, id);
+  if (in->co) inbox_append(in, event_id, name, data, at);
+  wf_engine_ready(h, in);
+}
+
+static void apply_submit(wf_host *h, wf_submit *s) {
+  wf_instance *in;
+  int rc = WF_OK;
+  int64_t now = wf_now(h);
+  switch (s->kind) {
+  case WF_SUB_START: {
+    wf_instance_rec r = {.id = s->id, .workflow = s->workflow, .version = s->version,
+                         .status = "pending", .input = s->data, .data = "{}",
+                         .created_at = now, .updated_at = now};
+    int created = 0;
+    rc = wf_store_insert_instance(h->st, &r, &created);
+    note_store_rc(h, rc);
+    if (rc == WF_OK && created) {
+      in = get_or_stub(h, s->id);
+      in->workflow = wf_strdup(s->workflow);
+      in->version = s->version;
+      in->input = wf_strdup(s->data);
+      in->data = wf_strdup("{}");
+      in->status = WF_ST_PENDING;
+      in->created_at = now;
+      in->loaded = 1;
+      touch(h, in);
+      wf_engine_ready(h, in);
+    }
+    break;
+  }
+  case WF_SUB_SIGNAL: {
+    int64_t eid = 0;
+    rc = wf_store_add_event(h->st, s->id, s->name, s->data, now, &eid);
+    note_store_rc(h, rc);
+    if (rc == WF_OK) event_arrived(h, s->id, eid, s->name, s->data, now);
+    break;
+  }
+  case WF_SUB_CANCEL:
+    in = get_or_stub(h, s->id);
+    in->cancel_requested = 1;
+    wf_engine_ready(h, in);
+    break;
+  case WF_SUB_RETRY:
+    in = get_or_stub(h, s->id);
+    in->retry_requested = 1;
+    wf_engine_ready(h, in);
+    break;
+  }
+  answer(h, s->done, s->ud, s->id, rc);
+}
+
+static void ingest_pending(void *ud, const char *id) {
+  wf_host *h = ud;
+  wf_instance *in = get_or_stub(h, id);
+  if (!in->loaded) wf_engine_ready(h, in);
+}
+
+static void ingest_event(void *ud, const wf_event_rec *ev) {
+  wf_host *h = ud;
+  event_arrived(h, ev->instance_id, ev->event_id, ev->name, ev->data, ev->at);
+}
+
+static void ingest_request(void *ud, int64_t req_id, const char *id, const char *kind) {
+  wf_host *h = ud;
+  (void)req_id;
+  wf_instance *in = get_or_stub(h, id);
+  if (!strcmp(kind, "cancel")) in->cancel_requested = 1;
+  else if (!strcmp(kind, "retry")) in->retry_requested = 1;
+  wf_engine_ready(h, in);
+}
+
+/* Takes what other processes wrote: new instances, events, cancel and retry requests. Runs
+ * inside the batch's write transaction, so no writer can slip in between. */
+static void ingest(wf_host *h) {
+  static const char *const pending[] = {"pending", NULL};
+  if (!h->ext_dirty && !wf_store_changed(h->st)) return;
+  h->ext_dirty = 0;
+  note_store_rc(h, wf_store_each_instance(h->st, pending, ingest_pending, h));
+  note_store_rc(h, wf_store_events_after(h->st, h->last_event_id, ingest_event, h));
+  note_store_rc(h, wf_store_take_requests(h->st, ingest_request, h));
+}
+
+/* Instances left pending or running by a previous host (or before a rolled-back batch). */
+static void recover(wf_host *h) {
+  static const char *const active[] = {"pending", "running", NULL};
+  note_store_rc(h, wf_store_each_instance(h->st, active, ingest_pending, h));
+}
+
+/* ---- the batch ----------------------------------------------------------------------- */
+
+static char *waiting_for(wf_instance *in) {
+  char buf[600], t[32];
+  switch (in->pend.kind) {
+  case WF_PEND_ACTION:
+    snprintf(buf, sizeof buf, "action %s", in->pend.name);
+    break;
+  case WF_PEND_WAIT:
+    if (in->pend.due) {
+      wf_format_time(in->pend.due, t);
+      snprintf(buf, sizeof buf, "event %s (timeout at %s)", in->pend.name, t);
+    } else {
+      snprintf(buf, sizeof buf, "event %s", in->pend.name);
+    }
+    break;
+  case WF_PEND_SLEEP:
+    wf_format_time(in->pend.due, t);
+    snprintf(buf, sizeof buf, "timer until %s", t);
+    break;
+  default:
+    return NULL;
+  }
+  return wf_strdup(buf);
+}
+
+static void write_row(wf_host *h, wf_instance *in) {
+  char *wait = in->co ? waiting_for(in) : NULL;
+  wf_instance_rec r = {.id = in->id, .workflow = in->workflow, .version = in->version,
+                       .status = wf_status_name(in->status), .state = in->state,
+                       .input = in->input, .data = in->data ? in->data : "{}",
+                       .output = in->output, .error = in->error, .waiting_for = wait,
+                       .created_at = in->created_at, .updated_at = wf_now(h)};
+  note_store_rc(h, wf_store_update_instance(h->st, &r));
+  free(wait);
+  in->row_dirty = 0;
+}
+
+/* A rolled-back batch: forget everything it touched; the store is the truth. */
+static void undo_batch(wf_host *h) {
+  while (h->touched_head) {
+    wf_instance *in = h->touched_head;
+    h->touched_head = in->touched_next;
+    in->touched = 0;
+    if (in->in_ready) continue; /* freed below with the queue */
+    instance_free(h, in);
+  }
+  for (wf_instance *in = h->ready_head, *next; in; in = next) {
+    next = in->ready_next;
+    instance_free(h, in);
+  }
+  h->ready_head = h->ready_tail = NULL;
+  h->ext_dirty = 1;
+  h->recover_needed = 1;
+}
+
+static void on_backoff(uv_timer_t *t) {
+  wf_host *h = t->data;
+  h->recover_needed = 0;
+  h->ext_dirty = 1;
+  uv_idle_start(&h->idle, on_idle);
+}
+
+static void run_batch(wf_host *h) {
+  int64_t last_event = h->last_event_id;
+  h->batch_rc = wf_store_begin(h->st);
+  if (h->batch_rc != WF_OK) {
+    wf_log(h, WF_LOG_ERROR, NULL, NULL, "cannot begin a transaction: %s", wf_store_errmsg(h->st));
+    goto failed;
+  }
+  h->in_batch = 1;
+  if (h->recover_needed) {
+    h->recover_needed = 0;
+    recover(h);
+  }
+  ingest(h);
+  while (h->sub_head) {
+    wf_submit *s = h->sub_head;
+    h->sub_head = s->next;
+    if (!h->sub_head) h->sub_tail = &h->sub_head;
+    apply_submit(h, s);
+    free_submit(s);
+  }
+  for (int n = 0; h->ready_head && n < BATCH_MAX; n++) {
+    wf_instance *in = h->ready_head;
+    h->ready_head = in->ready_next;
+    if (!h->ready_head) h->ready_tail = NULL;
+    in->in_ready = 0;
+    touch(h, in);
+    wf_step_advance(h, in);
+  }
+  for (wf_instance *in = h->touched_head; in; in = in->touched_next)
+    if (in->row_dirty && in->loaded) write_row(h, in);
+  h->in_batch = 0;
+  if (h->batch_rc == WF_OK) h->batch_rc = wf_store_commit(h->st);
+  else wf_store_rollback(h->st);
+  if (h->batch_rc != WF_OK) goto failed;
+
+  h->io_backoff_ms = 0;
+  /* Effects, now that the batch is durable. */
+  size_t nans = h->nanswers;
+  h->nanswers = 0;
+  for (size_t i = 0; i < nans; i++) {
+    wf_answer *a = &h->answers[i];
+    a->done(h, a->rc, a->id, a->ud);
+    free(a->id);
+  }
+  wf_instance *touched = h->touched_head;
+  h->touched_head = NULL;
+  for (wf_instance *in = touched, *next; in; in = next) {
+    next = in->touched_next;
+    in->touched = 0;
+    if (wf_status_final(in->status) || in->status == WF_ST_SUSPENDED) {
+      if (!in->in_ready && !in->pend.call) instance_free(h, in);
+      continue;
+    }
+    if (in->pend.dispatch) wf_action_dispatch(h, in);
+    if (in->co && in->status == WF_ST_WAITING) lru_touch(h, in);
+    else lru_remove(h, in);
+  }
+  /* Keep the cache of live coroutines bounded: the least recently used parked instances are
+   * dropped and rebuilt by replay when they next have work. */
+  while (h->nlive > (size_t)h->cfg.cache_size && h->lru_head) {
+    wf_instance *in = h->lru_head;
+    lru_remove(h, in);
+    if (!in->in_ready && !in->cancel_requested && !in->pend.call) instance_free(h, in);
+  }
+  return;
+
+failed:
+  h->in_batch = 0;
+  wf_store_rollback(h->st);
+  h->last_event_id = last_event;
+  {
+    int rc = h->batch_rc ? h->batch_rc : WF_IO;
+    size_t nans = h->nanswers;
+    h->nanswers = 0;
+    for (size_t i = 0; i < nans; i++) {
+      wf_answer *a = &h->answers[i];
+      wf_fail(h, rc, "the request was not stored: %s", wf_store_errmsg(h->st));
+      a->done(h, rc, a->id, a->ud);
+      free(a->id);
+    }
+    /* Requests not yet applied stay queued for the next batch. */
+  }
+  undo_batch(h);
+  h->io_backoff_ms = h->io_backoff_ms ? h->io_backoff_ms * 2 : 50;
+  if (h->io_backoff_ms > 5000) h->io_backoff_ms = 5000;
+  wf_log(h, WF_LOG_WARN, NULL, NULL, "batch rolled back; retrying in %d ms", h->io_backoff_ms);
+  uv_idle_stop(&h->idle);
+  uv_timer_start(&h->backoff_timer, on_backoff, (uint64_t)h->io_backoff_ms, 0);
+}
+
+static void on_idle(uv_idle_t *idle) {
+  wf_host *h = idle->data;
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed) run_batch(h);
+  if (!h->ready_head && !h->sub_head && !h->ext_dirty && uv_is_active((uv_handle_t *)&h->idle))
+    uv_idle_stop(&h->idle);
+  if (h->stop_requested && !h->ready_head && !h->sub_head) uv_stop(h->loop);
+}
+
+static void on_poll(uv_timer_t *t) {
+  wf_host *h = t->data;
+  if (wf_store_changed(h->st)) {
+    h->ext_dirty = 1;
+    wf_engine_kick(h);
+  }
+}
+
+/* ---- calls --------------------------------------------------------------------------- */
+
+void wf_engine_call_done(wf_host *h, wf_call *c, int ok, char *result_json) {
+  wf_instance *in = wf_engine_find(h, c->instance_id);
+  if (!in || in->pend.call != c || in->pend.seq != c->seq || in->pend.kind != WF_PEND_ACTION) {
+    wf_log(h, WF_LOG_DEBUG, c->instance_id, NULL, "result of %s (step %" PRId64 ") ignored: the step no longer waits for it",
+           c->name, c->seq);
+    free(result_json);
+    if (in && in->pend.call == c) in->pend.call = NULL;
+    return;
+  }
+  in->pend.call = NULL;
+  in->pend.has_result = 1;
+  in->pend.result_ok = ok;
+  free(in->pend.result);
+  in->pend.result = result_json;
+  wf_engine_ready(h, in);
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------- */
+
+int wf_engine_init(wf_host *h) {
+  h->sub_tail = &h->sub_head;
+  if (h->cfg.loop) {
+    h->loop = h->cfg.loop;
+  } else {
+    if (uv_loop_init(&h->own_loop) != 0) return wf_fail(h, WF_ERROR, "cannot create a libuv loop");
+    h->loop = &h->own_loop;
+    h->owns_loop = 1;
+  }
+  uv_idle_init(h->loop, &h->idle);
+  uv_timer_init(h->loop, &h->wake_timer);
+  uv_timer_init(h->loop, &h->poll_timer);
+  uv_timer_init(h->loop, &h->backoff_timer);
+  h->idle.data = h->wake_timer.data = h->poll_timer.data = h->backoff_timer.data = h;
+  h->handles_open = 1;
+  return WF_OK;
+}
+
+static void load_timer(void *ud, const char *id, int64_t seq, int64_t due) {
+  heap_push(ud, id, seq, due);
+}
+
+static void store_catalog(wf_host *h) {
+  char **names = NULL;
+  int *versions = NULL;
+  size_t n = wf_lua_workflow_names(h, &names, &versions);
+  if (wf_store_begin(h->st) == WF_OK) {
+    if (wf_store_replace_catalog(h->st, (const char *const *)names, versions, n, wf_now(h)) == WF_OK)
+      wf_store_commit(h->st);
+    else
+      wf_store_rollback(h->st);
+  }
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+  free(versions);
+}
+
+int wf_engine_start(wf_host *h) {
+  if (h->started) return WF_OK;
+  int rc = wf_store_last_event_id(h->st, &h->last_event_id);
+  if (rc == WF_OK) rc = wf_store_each_timer(h->st, load_timer, h);
+  if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
+  store_catalog(h);
+  h->started = 1;
+  h->recover_needed = 0;
+  /* The first batch recovers what a previous host left running. */
+  h->ext_dirty = 1;
+  if (wf_store_begin(h->st) == WF_OK) {
+    recover(h);
+    wf_store_commit(h->st);
+  }
+  uv_idle_start(&h->idle, on_idle);
+  if (h->cfg.poll_interval_ms > 0)
+    uv_timer_start(&h->poll_timer, on_poll, (uint64_t)h->cfg.poll_interval_ms,
+                   (uint64_t)h->cfg.poll_interval_ms);
+  arm_timer(h);
+  return WF_OK;
+}
+
+int wf_engine_busy(wf_host *h) {
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls || h->recover_needed) return 1;
+  return h->nheap && h->heap[0].due <= wf_now(h);
+}
+
+static void on_close(uv_handle_t *hd) { (void)hd; }
+
+void wf_engine_shutdown(wf_host *h) {
+  h->closing = 1;
+  wf_action_detach_all(h);
+  if (h->handles_open) {
+    uv_close((uv_handle_t *)&h->idle, on_close);
+    uv_close((uv_handle_t *)&h->wake_timer, on_close);
+    uv_close((uv_handle_t *)&h->poll_timer, on_close);
+    uv_close((uv_handle_t *)&h->backoff_timer, on_close);
+    /* Let the loop run the close callbacks; on the application's loop this only runs ours. */
+    uv_run(h->loop, UV_RUN_NOWAIT);
+    h->handles_open = 0;
+  }
+  for (size_t i = 0; i < h->nbuckets; i++) {
+    while (h->buckets[i]) instance_free(h, h->buckets[i]);
+  }
+  free(h->buckets);
+  h->buckets = NULL;
+  h->nbuckets = 0;
+  for (size_t i = 0; i < h->nheap; i++) free(h->heap[i].id);
+  free(h->heap);
+  h->heap = NULL;
+  h->nheap = 0;
+  while (h->sub_head) {
+    wf_submit *s = h->sub_head;
+    h->sub_head = s->next;
+    free_submit(s);
+  }
+  for (size_t i = 0; i < h->nanswers; i++) free(h->answers[i].id);
+  free(h->answers);
+  h->answers = NULL;
+  if (h->owns_loop) {
+    uv_run(h->loop, UV_RUN_DEFAULT);
+    uv_loop_close(h->loop);
+    h->owns_loop = 0;
+  }
+}

@@ -1,0 +1,301 @@
+/*
+ * wf_engine.h — the engine's private structures, shared by the files that make up the host:
+ *   wf_engine.c  instances in memory, the ready queue, group commit, timers, recovery, cache
+ *   wf_step.c    the resume driver: runs a coroutine to its next yield, replays history,
+ *                checks determinism and journals commands
+ *   wf_lua.c     the workflow Lua state: sandbox, loading workflow files, limits
+ *   wf_action.c  the action registry and calls
+ *   wf_api.c     the public functions of wfhost.h
+ * Nothing here is visible to users of the library.
+ */
+#ifndef WF_ENGINE_H
+#define WF_ENGINE_H
+
+#include <lua.h>
+#include <uv.h>
+
+#include "wf_store.h"
+#include "wfhost.h"
+
+typedef enum {
+  WF_ST_PENDING,
+  WF_ST_RUNNING,
+  WF_ST_WAITING,
+  WF_ST_COMPLETED,
+  WF_ST_FAILED,
+  WF_ST_CANCELLED,
+  WF_ST_SUSPENDED
+} wf_status;
+
+const char *wf_status_name(wf_status s);
+int wf_status_final(wf_status s);
+
+/* What a parked instance waits on: at most one command, since a coroutine runs one thing at a
+ * time. */
+typedef enum { WF_PEND_NONE, WF_PEND_ACTION, WF_PEND_WAIT, WF_PEND_SLEEP } wf_pend_kind;
+
+/* An unconsumed event in an instance's inbox (a copy of the durable row). */
+typedef struct wf_event {
+  struct wf_event *next;
+  int64_t id; /* the inbox row id: smaller is older */
+  int64_t at;
+  char *name;
+  char *data; /* JSON */
+} wf_event;
+
+typedef struct wf_instance wf_instance;
+typedef struct wf_action wf_action;
+
+struct wf_call {
+  wf_host *host;        /* NULL once the host closed: the completion is then dropped */
+  wf_action *action;
+  char *instance_id;
+  int64_t seq;
+  int attempt;
+  char *name;
+  char *params;
+  char key[WF_ID_MAX + 32];
+  struct wf_call *next; /* in the host's list of calls in flight */
+  struct wf_call *prev;
+};
+
+struct wf_instance {
+  char *id;
+  char *workflow;
+  int version;
+  wf_status status;
+  int64_t created_at;
+
+  /* The live coroutine, anchored in the registry; co is NULL when not built. */
+  lua_State *co;
+  int co_ref;
+  int ctx_ref;
+
+  int64_t seq;  /* the last command sequence number issued */
+  int64_t pos;  /* the last history position written or loaded */
+
+  /* Replay: the loaded history, and for each seq the index of its command and outcome
+   * entries in it (-1 if none). Freed once the coroutine has caught up. */
+  wf_history_entry *hist;
+  size_t nhist;
+  int64_t *cmd_at;
+  int64_t *out_at;
+  int64_t replay_max_seq;
+  int replaying;
+
+  /* The command the instance is blocked on. */
+  struct {
+    wf_pend_kind kind;
+    int64_t seq;
+    char *name;       /* action name, or event names joined with '|' */
+    char *params;     /* action params (JSON) */
+    int64_t due;      /* sleep end or wait timeout, 0 if none */
+    int attempt;
+    wf_call *call;    /* the action call in flight, if any */
+    int has_result;   /* an action outcome arrived and awaits delivery */
+    int result_ok;
+    char *result;     /* result JSON, or the error as a JSON object */
+    int dispatch;     /* the action must be (re)invoked after the next commit */
+  } pend;
+
+  wf_event *inbox;
+  wf_event **inbox_tail;
+
+  char *input;       /* JSON */
+  char *state;       /* state label or NULL */
+  char *data;        /* ctx.data as last written, JSON */
+  char *output;      /* JSON once completed */
+  char *error;       /* failure / suspension text */
+
+  unsigned loaded : 1;           /* row fields above are known (new, or read from the store) */
+  unsigned is_new : 1;           /* no history yet: the next step starts it */
+  unsigned row_dirty : 1;        /* the row must be written in this batch */
+  unsigned cancel_requested : 1; /* cancellation not yet delivered to the coroutine */
+  unsigned cancel_delivered : 1;
+  unsigned retry_requested : 1;
+  unsigned touched : 1;          /* written in the open batch (to undo if the commit fails) */
+  unsigned in_ready : 1;
+  unsigned in_lru : 1;
+
+  wf_instance *ready_next;
+  wf_instance *lru_prev, *lru_next;
+  wf_instance *hnext;            /* hash chain */
+  wf_instance *touched_next;
+};
+
+/* A timer in the wake-up heap. The durable timer is the store's row; this only schedules the
+ * wake-up, and is checked against the instance when it fires. */
+typedef struct wf_timer {
+  int64_t due;
+  int64_t seq;
+  char *id;
+} wf_timer;
+
+/* A request made through the API, applied in the next batch. */
+typedef enum { WF_SUB_START, WF_SUB_SIGNAL, WF_SUB_CANCEL, WF_SUB_RETRY } wf_sub_kind;
+typedef struct wf_submit {
+  struct wf_submit *next;
+  wf_sub_kind kind;
+  char *id;
+  char *workflow;
+  int version;
+  char *name; /* event */
+  char *data; /* input or event data */
+  wf_done_fn done;
+  void *ud;
+} wf_submit;
+
+/* A callback to run once the batch is durable. */
+typedef struct wf_answer {
+  wf_done_fn done;
+  void *ud;
+  char *id;
+  int rc;
+} wf_answer;
+
+struct wf_action {
+  struct wf_action *next;
+  char *name;
+  wf_action_fn fn;
+  void *ud;
+};
+
+struct wf_host {
+  wf_config cfg;
+  char *db_path;
+  wf_store *st;
+  char errmsg[2048];
+
+  /* Lua */
+  lua_State *L;
+  int mod_ref;          /* the wf_ctx module table */
+  int base_ref;         /* the sandbox base environment */
+  int defs_ref;         /* "name@version" and "name" -> definition */
+  int modules_ref;      /* sandboxed require cache */
+  char *workflows_dir;
+  size_t mem_used;
+  int mem_enforce;      /* refuse allocations past the limit (only while workflow code runs) */
+  wf_instance *current; /* the instance whose coroutine is running */
+  int trip;             /* 0, or why the running coroutine must stop: 1 budget, 2 memory */
+
+  /* loop */
+  uv_loop_t *loop;
+  uv_loop_t own_loop;
+  int owns_loop;
+  int handles_open;
+  uv_idle_t idle;
+  uv_timer_t wake_timer;
+  uv_timer_t poll_timer;
+  int started;
+  int stop_requested;
+  int in_batch;
+  int closing;
+
+  /* instances */
+  wf_instance **buckets;
+  size_t nbuckets;
+  size_t ninstances;
+  size_t nlive; /* instances with a coroutine */
+  wf_instance *ready_head, *ready_tail;
+  wf_instance *lru_head, *lru_tail; /* parked live instances, least recently used first */
+  wf_instance *touched_head;
+
+  /* timers */
+  wf_timer *heap;
+  size_t nheap, capheap;
+  int64_t armed_due;
+
+  /* requests and effects */
+  wf_submit *sub_head, **sub_tail;
+  wf_answer *answers;
+  size_t nanswers, capanswers;
+  int64_t last_event_id;
+  int ext_dirty; /* another process may have written requests */
+  int io_backoff_ms;
+  int batch_rc;       /* the first store error in the open batch: the batch is rolled back */
+  int recover_needed; /* a batch was rolled back: rescan the store before the next one */
+  uv_timer_t backoff_timer;
+
+  /* actions */
+  wf_action *actions;
+  wf_call *calls; /* in flight */
+
+  uint64_t rng[4];
+};
+
+/* ---- wf_api.c ---- */
+int wf_fail(wf_host *h, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void wf_log(wf_host *h, wf_log_level lvl, const char *instance, const char *fields_json,
+            const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+char *wf_strdup(const char *s); /* NULL-safe; aborts on out of memory like the rest of the host */
+void *wf_xmalloc(size_t n);
+void *wf_xrealloc(void *p, size_t n);
+int64_t wf_now(wf_host *h);
+uint64_t wf_rand64(wf_host *h);
+void wf_uuid(wf_host *h, char out[37]);
+int wf_valid_id(const char *id);
+/* Returns s as a quoted JSON string (malloc'd). */
+char *wf_json_quote(const char *s);
+/* Formats a time in ms as "2026-11-23T16:27:22.123Z". */
+void wf_format_time(int64_t ms, char out[32]);
+int wf_status_parse(const char *s);
+
+/* ---- wf_lua.c ---- */
+int wf_lua_open(wf_host *h);
+void wf_lua_close(wf_host *h);
+int wf_lua_load_dir(wf_host *h, const char *dir, int check_only);
+/* Pushes the definition's run function for workflow@version (version 0: newest) and sets
+ * *version; returns 0 if not loaded. */
+int wf_lua_push_def(wf_host *h, const char *workflow, int *version);
+int wf_lua_has_workflow(wf_host *h, const char *workflow);
+/* Calls module function `fn` with nargs args on L's stack, protected; 0 on success with
+ * nres results, else the message is on the stack. */
+int wf_lua_callmod(wf_host *h, const char *fn, int nargs, int nres);
+/* Arms the instruction budget for the coroutine about to run a step. */
+void wf_lua_arm_budget(wf_host *h, lua_State *co);
+/* Checks JSON text; 0 if valid, else writes a message to err. */
+int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen);
+/* Names of loaded workflows (for the catalog). */
+size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions);
+
+/* ---- wf_engine.c ---- */
+int wf_engine_init(wf_host *h);
+void wf_engine_shutdown(wf_host *h);
+int wf_engine_start(wf_host *h);
+void wf_engine_submit(wf_host *h, wf_submit *s);
+wf_instance *wf_engine_find(wf_host *h, const char *id);
+void wf_engine_ready(wf_host *h, wf_instance *in);
+void wf_engine_kick(wf_host *h);
+/* Journals an entry for the instance in the open batch (at: now, or the given time). */
+void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
+                       const char *data);
+void wf_engine_history_at(wf_host *h, wf_instance *in, int64_t seq, const char *kind,
+                          const char *name, const char *data, int64_t at);
+/* Loads the instance's unconsumed events from the store into its in-memory inbox. */
+int wf_engine_load_inbox(wf_host *h, wf_instance *in);
+void wf_engine_add_timer(wf_host *h, wf_instance *in, int64_t seq, int64_t due);
+int wf_engine_busy(wf_host *h);
+void wf_instance_free_pend(wf_instance *in);
+/* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
+wf_event *wf_inbox_take(wf_instance *in, const char *names);
+void wf_event_free(wf_event *ev);
+/* Delivered by wf_action.c when a call completes. */
+void wf_engine_call_done(wf_host *h, wf_call *c, int ok, char *result_json);
+
+/* ---- wf_step.c ---- */
+/* Runs the instance's coroutine until it parks, finishes or fails, delivering any outcome
+ * that is ready. Builds (or rebuilds by replay) the coroutine first if needed. */
+void wf_step_advance(wf_host *h, wf_instance *in);
+void wf_step_drop_coroutine(wf_host *h, wf_instance *in);
+void wf_step_free_replay(wf_instance *in);
+/* The C function behind `note` (state labels, log lines, print). */
+int wf_step_note(lua_State *L);
+
+/* ---- wf_action.c ---- */
+wf_action *wf_action_find(wf_host *h, const char *name);
+void wf_action_register_builtins(wf_host *h);
+void wf_action_dispatch(wf_host *h, wf_instance *in);
+void wf_action_detach_all(wf_host *h);
+void wf_action_free_all(wf_host *h);
+
+#endif /* WF_ENGINE_H */

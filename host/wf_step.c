@@ -1,0 +1,697 @@
+/*
+ * wf_step.c — the one resume driver. It builds an instance's coroutine (replaying its
+ * history if it has one), delivers outcomes (action results, events, timer firings,
+ * cancellation), resumes the coroutine and handles each command it yields:
+ *
+ *   - while replaying, a command must match the one journaled at the same sequence number
+ *     (kind and name); its recorded outcome is fed back without doing anything again. A
+ *     mismatch suspends the instance with a readable diff.
+ *   - at the frontier (the first command without a recorded outcome) the pending command is
+ *     re-armed: an action in flight at a crash is invoked again with the same idempotency key.
+ *   - after that, commands are live: journaled in the open batch, and their effects released
+ *     by the engine only after the batch commits.
+ */
+#include <inttypes.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wf_engine.h"
+
+/* History kinds that are commands (they take a sequence number) and outcomes. */
+static int is_command(const char *k) {
+  return !strcmp(k, "action") || !strcmp(k, "wait") || !strcmp(k, "sleep") || !strcmp(k, "now") ||
+         !strcmp(k, "random") || !strcmp(k, "uuid");
+}
+static int is_immediate(const char *k) {
+  return !strcmp(k, "now") || !strcmp(k, "random") || !strcmp(k, "uuid");
+}
+static int is_outcome(const char *k) {
+  return !strcmp(k, "action_result") || !strcmp(k, "action_error") || !strcmp(k, "event") ||
+         !strcmp(k, "timeout") || !strcmp(k, "timer_fired") || !strcmp(k, "cancelled");
+}
+
+/* Reads "due":N from a wait or sleep entry's data, which the driver wrote itself. */
+static int64_t data_due(const char *data) {
+  const char *p = data ? strstr(data, "\"due\":") : NULL;
+  return p ? strtoll(p + 6, NULL, 10) : 0;
+}
+
+static void run(wf_host *h, wf_instance *in, int nargs);
+
+void wf_step_free_replay(wf_instance *in) {
+  wf_history_free(in->hist, in->nhist);
+  free(in->cmd_at);
+  free(in->out_at);
+  in->hist = NULL;
+  in->nhist = 0;
+  in->cmd_at = in->out_at = NULL;
+  in->replay_max_seq = 0;
+  in->replaying = 0;
+}
+
+void wf_step_drop_coroutine(wf_host *h, wf_instance *in) {
+  if (in->co) {
+    luaL_unref(h->L, LUA_REGISTRYINDEX, in->co_ref);
+    luaL_unref(h->L, LUA_REGISTRYINDEX, in->ctx_ref);
+    in->co = NULL;
+    in->co_ref = in->ctx_ref = LUA_NOREF;
+    h->nlive--;
+  }
+  wf_step_free_replay(in);
+  while (in->inbox) {
+    wf_event *ev = in->inbox;
+    in->inbox = ev->next;
+    wf_event_free(ev);
+  }
+  in->inbox_tail = &in->inbox;
+  if (!in->pend.call) wf_instance_free_pend(in);
+}
+
+/* ---- finishing ---------------------------------------------------------------------- */
+
+/* Writes ctx.data if it changed. Returns 0, or -1 if it cannot be encoded (message pushed). */
+static int sync_data(wf_host *h, wf_instance *in) {
+  lua_State *L = h->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, in->ctx_ref);
+  if (wf_lua_callmod(h, "encode_data", 1, 1) != 0) return -1;
+  const char *s = lua_tostring(L, -1);
+  if (!in->data || strcmp(in->data, s) != 0) {
+    free(in->data);
+    in->data = wf_strdup(s);
+    in->row_dirty = 1;
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static void end_instance(wf_host *h, wf_instance *in, wf_status st, const char *kind,
+                         const char *data, char *error) {
+  in->status = st;
+  free(in->error);
+  in->error = error;
+  in->row_dirty = 1;
+  wf_engine_history(h, in, 0, kind, NULL, data);
+  if (in->pend.kind != WF_PEND_NONE && in->pend.due)
+    wf_store_delete_timer(h->st, in->id, in->pend.seq);
+  wf_step_drop_coroutine(h, in);
+}
+
+static void fail_with(wf_host *h, wf_instance *in, const char *msg) {
+  char *q = wf_json_quote(msg);
+  size_t n = strlen(q) + 16;
+  char *data = wf_xmalloc(n);
+  snprintf(data, n, "{\"message\":%s}", q);
+  free(q);
+  wf_log(h, WF_LOG_ERROR, in->id, NULL, "failed: %s", msg);
+  end_instance(h, in, WF_ST_FAILED, "failed", data, wf_strdup(msg));
+  free(data);
+}
+
+/* Suspends the instance for an operator. The coroutine is dropped: `wfhost retry` rebuilds
+ * it by replay once the cause (code, a missing action) is fixed. */
+static void suspend(wf_host *h, wf_instance *in, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void suspend(wf_host *h, wf_instance *in, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  char *q = wf_json_quote(msg);
+  size_t n = strlen(q) + 16;
+  char *data = wf_xmalloc(n);
+  snprintf(data, n, "{\"reason\":%s}", q);
+  free(q);
+  wf_log(h, WF_LOG_WARN, in->id, NULL, "suspended: %s", msg);
+  in->status = WF_ST_SUSPENDED;
+  free(in->error);
+  in->error = wf_strdup(msg);
+  in->row_dirty = 1;
+  wf_engine_history(h, in, 0, "suspended", NULL, data);
+  free(data);
+  wf_step_drop_coroutine(h, in);
+}
+
+static const char *describe_cmd(const char *kind, const char *name, char *buf, size_t n) {
+  if (!strcmp(kind, "action")) snprintf(buf, n, "action `%s`", name ? name : "?");
+  else if (!strcmp(kind, "wait")) snprintf(buf, n, "wait for `%s`", name ? name : "?");
+  else if (!strcmp(kind, "sleep")) snprintf(buf, n, "sleep");
+  else snprintf(buf, n, "ctx:%s()", kind);
+  return buf;
+}
+
+static void diverged(wf_host *h, wf_instance *in, int64_t seq, const char *code_does) {
+  char rec[300];
+  const char *recorded = "nothing";
+  if (seq <= in->replay_max_seq && in->cmd_at[seq] >= 0) {
+    wf_history_entry *e = &in->hist[in->cmd_at[seq]];
+    recorded = describe_cmd(e->kind, e->name, rec, sizeof rec);
+  }
+  suspend(h, in,
+          "non-determinism at step %" PRId64 ": history has %s, the code now %s. Restore the "
+          "previous code (or guard the change with a new workflow version), then run `wfhost retry %s`",
+          seq, recorded, code_does, in->id);
+}
+
+/* Makes a readable message (with a traceback into the workflow file) for an error raised by
+ * the coroutine; the error value is on top of co's stack. */
+static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
+  lua_State *L = h->L, *co = in->co;
+  *is_cancel = 0;
+  char head[1200];
+  if (rc == LUA_ERRMEM) {
+    snprintf(head, sizeof head,
+             "memory limit exceeded: the workflow Lua state reached its limit of %zu bytes "
+             "(config memory_limit)", h->cfg.memory_limit);
+  } else {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    lua_pushvalue(L, -1);
+    if (wf_lua_callmod(h, "error_code", 1, 1) == 0) {
+      const char *code = lua_tostring(L, -1);
+      *is_cancel = code && !strcmp(code, "cancelled") && in->cancel_delivered;
+    }
+    lua_pop(L, 1);
+    if (wf_lua_callmod(h, "describe_error", 1, 1) != 0) {}
+    snprintf(head, sizeof head, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+  }
+  luaL_traceback(L, co, head, 0);
+  /* Drop the host's own frames: a reader wants the workflow's lines. */
+  const char *tb = lua_tostring(L, -1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (const char *p = tb; *p;) {
+    const char *eol = strchr(p, '\n');
+    size_t len = eol ? (size_t)(eol - p + 1) : strlen(p);
+    int host_frame = memmem(p, len, "[wfhost]", 8) != NULL || memmem(p, len, "(...tail calls...)", 18) != NULL;
+    if (!host_frame) luaL_addlstring(&b, p, len);
+    p += len;
+  }
+  luaL_pushresult(&b);
+  char *out = wf_strdup(lua_tostring(L, -1));
+  size_t n = strlen(out);
+  while (n && out[n - 1] == '\n') out[--n] = 0;
+  lua_pop(L, 2);
+  return out;
+}
+
+static void finish(wf_host *h, wf_instance *in, int rc) {
+  lua_State *co = in->co;
+  if (in->replaying && in->seq < in->replay_max_seq) {
+    diverged(h, in, in->seq + 1, rc == LUA_OK ? "returns" : "raises an error");
+    return;
+  }
+  in->replaying = 0;
+  if (rc == LUA_OK) {
+    size_t len;
+    const char *out = lua_tolstring(co, -1, &len);
+    if (len > h->cfg.max_payload) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "the workflow's output is %zu bytes; the limit is %zu (config max_payload)",
+               len, h->cfg.max_payload);
+      fail_with(h, in, msg);
+      return;
+    }
+    if (sync_data(h, in) != 0) {
+      char *m = wf_strdup(lua_tostring(h->L, -1));
+      lua_pop(h->L, 1);
+      fail_with(h, in, m);
+      free(m);
+      return;
+    }
+    free(in->output);
+    in->output = wf_strdup(out);
+    wf_log(h, WF_LOG_INFO, in->id, NULL, "completed");
+    end_instance(h, in, WF_ST_COMPLETED, "completed", in->output, NULL);
+    return;
+  }
+  int is_cancel;
+  char *msg = error_text(h, in, rc, &is_cancel);
+  if (!(rc == LUA_ERRMEM) && sync_data(h, in) != 0) lua_pop(h->L, 1);
+  if (is_cancel) {
+    wf_log(h, WF_LOG_INFO, in->id, NULL, "cancelled");
+    end_instance(h, in, WF_ST_CANCELLED, "cancelled", NULL, msg);
+    return;
+  }
+  fail_with(h, in, msg);
+  free(msg);
+}
+
+/* ---- commands ----------------------------------------------------------------------- */
+
+static void set_pend(wf_instance *in, wf_pend_kind kind, int64_t seq, const char *name, int64_t due) {
+  wf_instance_free_pend(in);
+  in->pend.kind = kind;
+  in->pend.seq = seq;
+  in->pend.name = wf_strdup(name);
+  in->pend.due = due;
+}
+
+/* Parks on a wait, or consumes a matching event from the inbox at once. */
+static int wait_or_take(wf_host *h, wf_instance *in, int64_t seq, const char *names, int64_t due) {
+  lua_State *co = in->co;
+  wf_event *ev = wf_inbox_take(in, names);
+  if (ev) {
+    wf_engine_history_at(h, in, seq, "event", ev->name, ev->data, ev->at);
+    wf_store_consume_event(h->st, ev->id, seq);
+    if (due) wf_store_delete_timer(h->st, in->id, seq);
+    lua_pushliteral(co, "event");
+    lua_pushstring(co, ev->name);
+    lua_pushstring(co, ev->data);
+    lua_pushinteger(co, ev->at);
+    wf_event_free(ev);
+    return 4;
+  }
+  set_pend(in, WF_PEND_WAIT, seq, names, due);
+  if (due) wf_engine_add_timer(h, in, seq, due);
+  return -1;
+}
+
+/* Pushes the recorded outcome of a replayed command; returns the number of values. */
+static int push_recorded(lua_State *co, const wf_history_entry *e) {
+  const char *k = e->kind;
+  if (!strcmp(k, "action_result")) {
+    lua_pushliteral(co, "json");
+    lua_pushstring(co, e->data_json ? e->data_json : "null");
+    return 2;
+  }
+  if (!strcmp(k, "action_error")) {
+    lua_pushliteral(co, "error");
+    lua_pushstring(co, e->data_json ? e->data_json : "{}");
+    return 2;
+  }
+  if (!strcmp(k, "event")) {
+    lua_pushliteral(co, "event");
+    lua_pushstring(co, e->name);
+    lua_pushstring(co, e->data_json ? e->data_json : "null");
+    lua_pushinteger(co, e->at);
+    return 4;
+  }
+  if (!strcmp(k, "timeout")) { lua_pushliteral(co, "timeout"); return 1; }
+  if (!strcmp(k, "timer_fired")) { lua_pushliteral(co, "fired"); return 1; }
+  if (!strcmp(k, "cancelled")) { lua_pushliteral(co, "cancelled"); return 1; }
+  lua_pushliteral(co, "value");
+  if (!strcmp(k, "now")) lua_pushinteger(co, strtoll(e->data_json, NULL, 10));
+  else if (!strcmp(k, "random")) lua_pushnumber(co, strtod(e->data_json, NULL));
+  else { /* uuid: a JSON string of 36 characters */
+    const char *d = e->data_json ? e->data_json : "\"\"";
+    lua_pushlstring(co, d + 1, strlen(d) >= 2 ? strlen(d) - 2 : 0);
+  }
+  return 2;
+}
+
+/* Re-arms the command at the replay frontier: journaled, no outcome yet. */
+static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *e) {
+  if (!strcmp(e->kind, "action")) {
+    if (!wf_action_find(h, e->name)) {
+      suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
+              "then run `wfhost retry %s`", e->name, in->id);
+      return -1;
+    }
+    /* It was in flight when the previous host stopped: invoke it again (at least once). */
+    int lost = 0;
+    for (size_t i = 0; i < in->nhist; i++)
+      if (in->hist[i].seq == seq && !strcmp(in->hist[i].kind, "action_lost")) lost++;
+    wf_engine_history(h, in, seq, "action_lost", e->name, NULL);
+    set_pend(in, WF_PEND_ACTION, seq, e->name, 0);
+    in->pend.params = wf_strdup(e->data_json);
+    in->pend.attempt = lost + 2;
+    in->pend.dispatch = 1;
+    return -1;
+  }
+  if (!strcmp(e->kind, "wait")) return wait_or_take(h, in, seq, e->name, data_due(e->data_json));
+  /* sleep */
+  int64_t due = data_due(e->data_json);
+  set_pend(in, WF_PEND_SLEEP, seq, NULL, due);
+  wf_engine_add_timer(h, in, seq, due);
+  return -1;
+}
+
+static int raise_in(lua_State *co, const char *msg) {
+  lua_pushliteral(co, "raise");
+  lua_pushstring(co, msg);
+  return 2;
+}
+
+/* Handles one yielded command; pops it and returns the number of values pushed to resume
+ * with at once, or -1 if the instance parks. */
+static int command(wf_host *h, wf_instance *in, int nres) {
+  lua_State *co = in->co;
+  char kind[16] = "";
+  const char *k = lua_tostring(co, -nres);
+  if (k) snprintf(kind, sizeof kind, "%s", k);
+  char *name = nres >= 2 ? wf_strdup(lua_tostring(co, -nres + 1)) : NULL;
+  size_t arglen = 0;
+  char *arg = NULL;
+  int64_t argnum = 0;
+  if (nres >= 3 && lua_type(co, -nres + 2) == LUA_TSTRING) {
+    const char *a = lua_tolstring(co, -nres + 2, &arglen);
+    arg = wf_xmalloc(arglen + 1);
+    memcpy(arg, a, arglen + 1);
+  } else if (nres >= 3 && lua_isinteger(co, -nres + 2)) {
+    argnum = lua_tointeger(co, -nres + 2);
+  } else if (nres >= 3 && !lua_isnil(co, -nres + 2)) {
+    argnum = -1;
+  }
+  lua_pop(co, nres);
+  int64_t seq = ++in->seq;
+  int n = -1;
+  char buf[300];
+
+  if (!is_command(kind)) {
+    n = raise_in(co, "wfhost: unknown command");
+    goto done;
+  }
+
+  if (in->replaying) {
+    if (seq <= in->replay_max_seq) {
+      if (in->cmd_at[seq] < 0) {
+        diverged(h, in, seq, describe_cmd(kind, name, buf, sizeof buf));
+        goto done;
+      }
+      const wf_history_entry *e = &in->hist[in->cmd_at[seq]];
+      int same = !strcmp(e->kind, kind) &&
+                 ((!e->name && !name) || (e->name && name && !strcmp(e->name, name)));
+      if (!same) {
+        char does[300];
+        snprintf(does, sizeof does, "%s", describe_cmd(kind, name, buf, sizeof buf));
+        snprintf(buf, sizeof buf, "calls %.280s", does);
+        diverged(h, in, seq, buf);
+        goto done;
+      }
+      if (in->out_at[seq] >= 0) {
+        n = push_recorded(co, &in->hist[in->out_at[seq]]);
+        if (seq == in->replay_max_seq) in->replaying = 0;
+        goto done;
+      }
+      in->replaying = 0;
+      n = rearm(h, in, seq, e);
+      goto done;
+    }
+    in->replaying = 0;
+  }
+
+  /* Live. */
+  int64_t now = wf_now(h);
+  if (!strcmp(kind, "action")) {
+    if (!wf_action_find(h, name)) {
+      suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
+              "then run `wfhost retry %s`", name, in->id);
+      goto done;
+    }
+    if (arglen > h->cfg.max_payload) {
+      snprintf(buf, sizeof buf, "params of action '%s' are %zu bytes; the limit is %zu (config max_payload)",
+               name, arglen, h->cfg.max_payload);
+      n = raise_in(co, buf);
+      in->seq--;
+      goto done;
+    }
+    wf_engine_history(h, in, seq, "action", name, arg);
+    set_pend(in, WF_PEND_ACTION, seq, name, 0);
+    in->pend.params = arg;
+    arg = NULL;
+    in->pend.attempt = 1;
+    in->pend.dispatch = 1;
+  } else if (!strcmp(kind, "wait")) {
+    int64_t due = argnum > 0 ? now + argnum : (argnum == 0 && nres >= 3 && arg == NULL ? 0 : 0);
+    char data[96];
+    if (argnum > 0) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
+    else snprintf(data, sizeof data, "{}");
+    wf_engine_history(h, in, seq, "wait", name, data);
+    n = wait_or_take(h, in, seq, name, due);
+  } else if (!strcmp(kind, "sleep")) {
+    int64_t due = now + (argnum > 0 ? argnum : 0);
+    char data[96];
+    snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", due, argnum > 0 ? argnum : 0);
+    wf_engine_history(h, in, seq, "sleep", NULL, data);
+    wf_store_add_timer(h->st, in->id, seq, due);
+    set_pend(in, WF_PEND_SLEEP, seq, NULL, due);
+    wf_engine_add_timer(h, in, seq, due);
+  } else if (!strcmp(kind, "now")) {
+    snprintf(buf, sizeof buf, "%" PRId64, now);
+    wf_engine_history(h, in, seq, "now", NULL, buf);
+    lua_pushliteral(co, "value");
+    lua_pushinteger(co, now);
+    n = 2;
+  } else if (!strcmp(kind, "random")) {
+    double u = (double)(wf_rand64(h) >> 11) * 0x1.0p-53;
+    snprintf(buf, sizeof buf, "%.17g", u);
+    wf_engine_history(h, in, seq, "random", NULL, buf);
+    lua_pushliteral(co, "value");
+    lua_pushnumber(co, strtod(buf, NULL));
+    n = 2;
+  } else { /* uuid */
+    char u[37];
+    wf_uuid(h, u);
+    snprintf(buf, sizeof buf, "\"%s\"", u);
+    wf_engine_history(h, in, seq, "uuid", NULL, buf);
+    lua_pushliteral(co, "value");
+    lua_pushstring(co, u);
+    n = 2;
+  }
+done:
+  free(name);
+  free(arg);
+  return n;
+}
+
+/* ---- the driver --------------------------------------------------------------------- */
+
+static void run(wf_host *h, wf_instance *in, int nargs) {
+  lua_State *co = in->co;
+  wf_lua_arm_budget(h, co);
+  for (;;) {
+    int nres = 0;
+    h->current = in;
+    h->trip = 0;
+    h->mem_enforce = 1;
+    int rc = lua_resume(co, h->L, nargs, &nres);
+    h->mem_enforce = 0;
+    h->current = NULL;
+    if (rc == LUA_YIELD) {
+      nargs = command(h, in, nres);
+      if (nargs >= 0) continue;
+      if (!in->co) return; /* suspended */
+      in->status = in->pend.kind == WF_PEND_ACTION ? WF_ST_RUNNING : WF_ST_WAITING;
+      in->row_dirty = 1;
+      if (!in->replaying && sync_data(h, in) != 0) {
+        char *m = wf_strdup(lua_tostring(h->L, -1));
+        lua_pop(h->L, 1);
+        fail_with(h, in, m);
+        free(m);
+      }
+      return;
+    }
+    finish(h, in, rc);
+    return;
+  }
+}
+
+/* Loads the row (if not known), the history and the unconsumed events of an instance. */
+static int load(wf_host *h, wf_instance *in) {
+  if (!in->loaded) {
+    wf_info *info = NULL;
+    int rc = wf_store_get_instance(h->st, in->id, &info);
+    if (rc != WF_OK) return rc;
+    free(in->workflow);
+    in->workflow = wf_strdup(info->workflow);
+    in->version = info->version;
+    in->status = wf_status_parse(info->status);
+    in->input = wf_strdup(info->input_json);
+    in->state = wf_strdup(info->state);
+    in->data = wf_strdup(info->data_json);
+    in->created_at = info->created_at;
+    in->loaded = 1;
+    wf_info_free(info);
+  }
+  int rc = wf_store_load_history(h->st, in->id, &in->hist, &in->nhist);
+  if (rc != WF_OK) return rc;
+  int64_t max = 0;
+  for (size_t i = 0; i < in->nhist; i++)
+    if (is_command(in->hist[i].kind) && in->hist[i].seq > max) max = in->hist[i].seq;
+  in->cmd_at = wf_xmalloc(sizeof(int64_t) * (size_t)(max + 1));
+  in->out_at = wf_xmalloc(sizeof(int64_t) * (size_t)(max + 1));
+  for (int64_t s = 0; s <= max; s++) in->cmd_at[s] = in->out_at[s] = -1;
+  for (size_t i = 0; i < in->nhist; i++) {
+    const wf_history_entry *e = &in->hist[i];
+    if (e->seq < 1 || e->seq > max) continue;
+    if (is_command(e->kind)) {
+      in->cmd_at[e->seq] = (int64_t)i;
+      if (is_immediate(e->kind)) in->out_at[e->seq] = (int64_t)i;
+    } else if (is_outcome(e->kind)) {
+      in->out_at[e->seq] = (int64_t)i;
+    }
+  }
+  in->replay_max_seq = max;
+  in->pos = in->nhist ? in->hist[in->nhist - 1].pos : 0;
+  in->is_new = in->nhist == 0;
+  return wf_engine_load_inbox(h, in);
+}
+
+/* Builds the coroutine and runs it from the start, replaying the history. */
+static void build(wf_host *h, wf_instance *in) {
+  lua_State *L = h->L;
+  int rc = load(h, in);
+  if (rc != WF_OK) {
+    wf_log(h, WF_LOG_ERROR, in->id, NULL, "cannot load instance: %s", wf_store_errmsg(h->st));
+    wf_step_free_replay(in);
+    return;
+  }
+  if (wf_status_final(in->status) || (in->status == WF_ST_SUSPENDED && !in->retry_requested)) {
+    wf_step_drop_coroutine(h, in);
+    return;
+  }
+  in->retry_requested = 0;
+  int version = in->is_new && in->version == 0 ? 0 : in->version;
+  if (!wf_lua_push_def(h, in->workflow, &version)) {
+    if (in->is_new) wf_engine_history(h, in, 0, "started", NULL, in->input);
+    in->is_new = 0;
+    if (in->version)
+      suspend(h, in, "workflow '%s' version %d is not loaded on this host: load it, then run `wfhost retry %s`",
+              in->workflow, in->version, in->id);
+    else
+      suspend(h, in, "workflow '%s' is not loaded on this host: load it, then run `wfhost retry %s`",
+              in->workflow, in->id);
+    return;
+  }
+  if (in->version != version) in->row_dirty = 1;
+  in->version = version;
+  int run_idx = lua_gettop(L);
+
+  lua_State *co = lua_newthread(L);
+  in->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  in->co = co;
+  h->nlive++;
+
+  lua_pushnil(L);
+  lua_pushstring(L, in->id);
+  lua_pushstring(L, in->workflow);
+  lua_pushinteger(L, in->version);
+  if (wf_lua_callmod(h, "new_ctx", 4, 1) != 0) {
+    lua_pushnil(L);
+  }
+  in->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref);
+  lua_getfield(L, -1, "main");
+  lua_remove(L, -2);
+  lua_pushvalue(L, run_idx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, in->ctx_ref);
+  lua_pushstring(L, in->input ? in->input : "null");
+  lua_xmove(L, co, 4);
+  lua_pop(L, 1); /* run */
+
+  in->seq = 0;
+  in->replaying = in->replay_max_seq > 0;
+  in->cancel_delivered = 0;
+  if (in->is_new) {
+    wf_engine_history(h, in, 0, "started", NULL, in->input ? in->input : "null");
+    in->is_new = 0;
+    wf_log(h, WF_LOG_INFO, in->id, NULL, "started %s v%d", in->workflow, in->version);
+  }
+  in->status = WF_ST_RUNNING;
+  in->row_dirty = 1;
+  run(h, in, 3);
+  if (in->co && !in->replaying) wf_step_free_replay(in);
+}
+
+/* Delivers one outcome to a parked instance; returns 1 if it did (and ran the coroutine). */
+static int deliver(wf_host *h, wf_instance *in) {
+  lua_State *co = in->co;
+  int64_t seq = in->pend.seq;
+  if (in->pend.kind == WF_PEND_NONE) return 0;
+  if (in->cancel_requested) {
+    in->cancel_requested = 0;
+    in->cancel_delivered = 1;
+    wf_engine_history(h, in, seq, "cancelled", NULL, NULL);
+    if (in->pend.due) wf_store_delete_timer(h->st, in->id, seq);
+    if (in->pend.call) in->pend.call->seq = -1; /* its result will be ignored */
+    in->pend.call = NULL;
+    wf_instance_free_pend(in);
+    lua_pushliteral(co, "cancelled");
+    run(h, in, 1);
+    return 1;
+  }
+  int n = 0;
+  switch (in->pend.kind) {
+  case WF_PEND_ACTION:
+    if (!in->pend.has_result) return 0;
+    wf_engine_history(h, in, seq, in->pend.result_ok ? "action_result" : "action_error",
+                      in->pend.name, in->pend.result);
+    lua_pushstring(co, in->pend.result_ok ? "json" : "error");
+    lua_pushstring(co, in->pend.result);
+    n = 2;
+    break;
+  case WF_PEND_WAIT: {
+    char *names = wf_strdup(in->pend.name);
+    int64_t due = in->pend.due;
+    wf_event *ev = wf_inbox_take(in, names);
+    if (ev) {
+      free(names);
+      wf_engine_history_at(h, in, seq, "event", ev->name, ev->data, ev->at);
+      wf_store_consume_event(h->st, ev->id, seq);
+      if (due) wf_store_delete_timer(h->st, in->id, seq);
+      lua_pushliteral(co, "event");
+      lua_pushstring(co, ev->name);
+      lua_pushstring(co, ev->data);
+      lua_pushinteger(co, ev->at);
+      wf_event_free(ev);
+      n = 4;
+      break;
+    }
+    free(names);
+    if (!due || due > wf_now(h)) return 0;
+    wf_engine_history(h, in, seq, "timeout", NULL, NULL);
+    wf_store_delete_timer(h->st, in->id, seq);
+    lua_pushliteral(co, "timeout");
+    n = 1;
+    break;
+  }
+  case WF_PEND_SLEEP:
+    if (in->pend.due > wf_now(h)) return 0;
+    wf_engine_history(h, in, seq, "timer_fired", NULL, NULL);
+    wf_store_delete_timer(h->st, in->id, seq);
+    lua_pushliteral(co, "fired");
+    n = 1;
+    break;
+  default:
+    return 0;
+  }
+  wf_instance_free_pend(in);
+  run(h, in, n);
+  return 1;
+}
+
+void wf_step_advance(wf_host *h, wf_instance *in) {
+  if (!in->co) {
+    if (in->pend.call) return; /* a call of a dropped coroutine is still out; wait for it */
+    build(h, in);
+  }
+  while (in->co && deliver(h, in)) {
+  }
+}
+
+/* note(ctx, kind, ...): state labels and log lines, recorded without yielding. */
+int wf_step_note(lua_State *L) {
+  wf_host *h = lua_touserdata(L, lua_upvalueindex(1));
+  wf_instance *in = h->current;
+  const char *kind = luaL_checkstring(L, 2);
+  if (!in) return 0;
+  if (!strcmp(kind, "state")) {
+    const char *label = lua_tostring(L, 3);
+    free(in->state);
+    in->state = wf_strdup(label);
+    in->row_dirty = 1;
+    if (!in->replaying) wf_engine_history(h, in, in->seq, "state", label, NULL);
+  } else if (!strcmp(kind, "log") && !in->replaying) {
+    const char *lvl = luaL_checkstring(L, 3);
+    wf_log_level level = !strcmp(lvl, "debug") ? WF_LOG_DEBUG
+                         : !strcmp(lvl, "warn") ? WF_LOG_WARN
+                         : !strcmp(lvl, "error") ? WF_LOG_ERROR : WF_LOG_INFO;
+    wf_log(h, level, in->id, lua_tostring(L, 5), "%s", luaL_checkstring(L, 4));
+  }
+  return 0;
+}

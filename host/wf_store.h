@@ -1,0 +1,129 @@
+/*
+ * wf_store.h — the store interface: everything the engine and the client handle keep
+ * durably goes through these functions, and nothing else touches the database.
+ *
+ * The SQLite implementation (wf_store_sqlite.c) is the embedded default. The interface is
+ * kept narrow and free of SQL so that another store (PostgreSQL, for several hosts sharing
+ * the work) can implement it without changing the engine.
+ *
+ * Model:
+ *   instances  one row per instance: identity, status, state label, data, output, error.
+ *   history    the append-only journal of each instance: (instance, pos) -> seq, kind, name,
+ *              data, at. Replay rebuilds an instance from it.
+ *   inbox      events sent to an instance; consumed (marked with the consuming seq) by the
+ *              step that takes them, exactly once.
+ *   timers     due times of pending sleeps and wait timeouts, one per (instance, seq).
+ *   requests   cancel / retry requests written by other processes for the running host.
+ *   catalog    the workflows the last host loaded, so a client can refuse an unknown name.
+ *
+ * Writes happen inside a transaction opened by wf_store_begin() and made durable by
+ * wf_store_commit() (group commit: the engine writes many instances' steps in one). Every
+ * function returns WF_OK or an error code from wfhost.h, with wf_store_errmsg() set.
+ */
+#ifndef WF_STORE_H
+#define WF_STORE_H
+
+#include "wfhost.h"
+
+typedef struct wf_store wf_store;
+
+/* The schema version this build writes. A database with a higher one is refused. */
+#define WF_STORE_SCHEMA_VERSION 1
+
+/* Opens or creates the database, applying migrations. On failure *out may still be set
+ * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
+int wf_store_open(const char *path, wf_durability durability, wf_store **out /* OUT */);
+void wf_store_close(wf_store *st);
+const char *wf_store_errmsg(const wf_store *st);
+
+/* Takes an exclusive lock that keeps a second host process off this database; held until
+ * wf_store_close(). WF_BUSY if another process holds it. */
+int wf_store_lock_host(wf_store *st);
+
+/* Transactions. begin takes the write lock (waiting for a writer in another process). */
+int wf_store_begin(wf_store *st);
+int wf_store_commit(wf_store *st);
+void wf_store_rollback(wf_store *st);
+
+/* 1 if another connection committed since the last call, else 0. Cheap: for polling. */
+int wf_store_changed(wf_store *st);
+
+/* The mutable and immutable columns of an instance, as the engine writes them. */
+typedef struct wf_instance_rec {
+  const char *id;
+  const char *workflow;
+  int version;
+  const char *status;
+  const char *state;       /* NULL allowed */
+  const char *input;       /* JSON */
+  const char *data;        /* JSON object */
+  const char *output;      /* JSON or NULL */
+  const char *error;       /* NULL allowed */
+  const char *waiting_for; /* NULL allowed */
+  int64_t created_at;
+  int64_t updated_at;
+} wf_instance_rec;
+
+/* Inserts a new instance. *created is 1 if inserted, 0 if the id already existed (nothing
+ * is changed then). */
+int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created /* OUT */);
+
+/* Updates status, state, data, output, error, waiting_for and updated_at of r->id. */
+int wf_store_update_instance(wf_store *st, const wf_instance_rec *r);
+
+/* Reads one instance (WF_NOTFOUND if absent) or a list, as the public wf_info. */
+int wf_store_get_instance(wf_store *st, const char *id, wf_info **out /* OUT */);
+int wf_store_list_instances(wf_store *st, const char *status, const char *workflow, int limit,
+                            wf_info **out /* OUT */, size_t *n /* OUT */);
+
+/* Calls fn for each instance id with one of the statuses (a NULL-terminated array), oldest
+ * first. Used for recovery ("pending", "running") and to ingest starts from clients. */
+typedef void (*wf_store_id_fn)(void *ud, const char *id);
+int wf_store_each_instance(wf_store *st, const char *const *statuses, wf_store_id_fn fn, void *ud);
+
+/* History. */
+int wf_store_append_history(wf_store *st, const char *id, int64_t pos, int64_t seq,
+                            const char *kind, const char *name, const char *data, int64_t at);
+int wf_store_load_history(wf_store *st, const char *id, wf_history_entry **out /* OUT */,
+                          size_t *n /* OUT */);
+
+/* Inbox. An event's id orders events: older events have smaller ids. */
+typedef struct wf_event_rec {
+  int64_t event_id;
+  const char *instance_id;
+  const char *name;
+  const char *data; /* JSON */
+  int64_t at;
+} wf_event_rec;
+typedef void (*wf_store_event_fn)(void *ud, const wf_event_rec *ev);
+
+int wf_store_add_event(wf_store *st, const char *id, const char *name, const char *data,
+                       int64_t at, int64_t *event_id /* OUT */);
+int wf_store_consume_event(wf_store *st, int64_t event_id, int64_t seq);
+/* Unconsumed events of one instance, oldest first. */
+int wf_store_pending_events(wf_store *st, const char *id, wf_store_event_fn fn, void *ud);
+/* Unconsumed events of any instance with event_id > after, oldest first (ingest). */
+int wf_store_events_after(wf_store *st, int64_t after, wf_store_event_fn fn, void *ud);
+/* The largest event id ever assigned (0 if none). */
+int wf_store_last_event_id(wf_store *st, int64_t *out /* OUT */);
+
+/* Timers. */
+int wf_store_add_timer(wf_store *st, const char *id, int64_t seq, int64_t due);
+int wf_store_delete_timer(wf_store *st, const char *id, int64_t seq);
+/* Calls fn for every timer, earliest first. */
+typedef void (*wf_store_timer_fn)(void *ud, const char *id, int64_t seq, int64_t due);
+int wf_store_each_timer(wf_store *st, wf_store_timer_fn fn, void *ud);
+
+/* Requests from other processes: kind is "cancel" or "retry". */
+int wf_store_add_request(wf_store *st, const char *id, const char *kind, int64_t at);
+typedef void (*wf_store_request_fn)(void *ud, int64_t req_id, const char *id, const char *kind);
+/* Calls fn for each request, oldest first, then deletes them (inside the open transaction). */
+int wf_store_take_requests(wf_store *st, wf_store_request_fn fn, void *ud);
+
+/* Catalog of loaded workflows. replace_catalog empties it first (one host's view). */
+int wf_store_replace_catalog(wf_store *st, const char *const *names, const int *versions,
+                             size_t n, int64_t at);
+/* *known: 1 if name is in the catalog, 0 if not, -1 if the catalog is empty (no host ran). */
+int wf_store_catalog_has(wf_store *st, const char *name, int *known /* OUT */);
+
+#endif /* WF_STORE_H */

@@ -1,0 +1,250 @@
+/*
+ * wfhost.h — the one public interface of wfhost, a durable workflow host.
+ *
+ * wfhost runs workflows written in Lua 5.4 as coroutines. Every command a workflow
+ * issues (an action, a wait for an event, a timer) is journaled in an SQLite database
+ * before anything outside the host can see its effect, so an instance survives a crash
+ * or a restart and resumes exactly where it was.
+ *
+ * A handle (wf_host) is opened in one of two modes:
+ *   - WF_MODE_HOST: the engine. It loads workflow code, registers actions and runs the
+ *     instances on a libuv loop (its own, or the application's). One host process may run
+ *     on a database at a time; a second one gets WF_BUSY.
+ *   - WF_MODE_CLIENT: a light handle for another process (the `wfhost` command uses it).
+ *     It writes start/signal/cancel requests durably to the database, where the running
+ *     host picks them up, and reads instances and their history.
+ *
+ * Conventions:
+ *   - Functions return WF_OK (0) or one of the codes below; wf_errmsg() gives a sentence
+ *     describing the last failure on that handle.
+ *   - Strings passed in are copied; the host never keeps a caller's pointer.
+ *   - JSON is passed as NUL-terminated UTF-8 text.
+ *   - Every function must be called from the thread that runs the host's loop.
+ *   - Times are milliseconds since the Unix epoch (UTC).
+ */
+#ifndef WFHOST_H
+#define WFHOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WFHOST_VERSION "0.1.0"
+
+/* Result codes. */
+enum {
+  WF_OK = 0,
+  WF_ERROR = 1,    /* generic failure; see wf_errmsg() */
+  WF_INVALID = 2,  /* bad argument: malformed JSON, bad id, payload too large, ... */
+  WF_NOTFOUND = 3, /* unknown workflow, instance or action */
+  WF_STATE = 4,    /* the instance is in a state that refuses the request (e.g. finished) */
+  WF_BUSY = 5,     /* the database is held by another host process */
+  WF_IO = 6,       /* the database could not be read or written (disk full, I/O error) */
+  WF_SCHEMA = 7,   /* the database was written by a newer wfhost */
+  WF_MISUSE = 8,   /* the call is not allowed on this handle or in this state */
+  WF_LUA = 9       /* workflow code failed to load */
+};
+
+typedef struct wf_host wf_host;
+typedef struct uv_loop_s uv_loop_t;
+
+typedef enum { WF_MODE_HOST = 0, WF_MODE_CLIENT = 1 } wf_mode;
+
+typedef enum {
+  WF_DURABILITY_FULL = 0,  /* synchronous=FULL: a committed step survives power loss (default) */
+  WF_DURABILITY_NORMAL = 1 /* synchronous=NORMAL: survives a process crash, may lose the last
+                              commits on power loss; much faster on slow disks */
+} wf_durability;
+
+typedef enum { WF_LOG_DEBUG = 0, WF_LOG_INFO = 1, WF_LOG_WARN = 2, WF_LOG_ERROR = 3 } wf_log_level;
+
+/* A log line. instance is NULL for host messages. fields_json is a JSON object or NULL. */
+typedef void (*wf_log_fn)(void *ud, wf_log_level level, const char *instance, const char *msg,
+                          const char *fields_json);
+
+/* A wall clock in milliseconds since the epoch; tests inject a virtual one. */
+typedef int64_t (*wf_clock_fn)(void *ud);
+
+typedef struct wf_config {
+  wf_mode mode;               /* WF_MODE_HOST (default) or WF_MODE_CLIENT */
+  wf_durability durability;   /* default WF_DURABILITY_FULL */
+  uv_loop_t *loop;            /* run on this loop; NULL: the host creates and owns one */
+  int cache_size;             /* live coroutines kept in memory; 0: 10000 */
+  int64_t instruction_budget; /* Lua VM instructions per resume of one instance; 0: 100 million */
+  size_t memory_limit;        /* bytes for the whole workflow Lua state; 0: 1 GiB */
+  size_t max_payload;         /* largest input/event/result JSON in bytes; 0: 1 MiB */
+  int poll_interval_ms;       /* how often a host checks for requests from other processes; 0: 10 */
+  wf_log_fn log;              /* NULL: text lines on stderr */
+  void *log_ud;
+  wf_log_level log_level;     /* lines below this level are dropped; default WF_LOG_DEBUG (0) */
+  wf_clock_fn clock;          /* NULL: the real clock */
+  void *clock_ud;
+  uint64_t seed;              /* 0: seed ctx:random() and ctx:uuid() from the OS */
+} wf_config;
+
+/* Initialises cfg to the defaults. */
+void wf_config_init(wf_config *cfg);
+
+/* Opens (creating if needed) the database at db_path and returns a handle in *out, also on
+ * failure (so wf_errmsg() can tell why; close it with wf_host_close()). cfg may be NULL for
+ * the defaults. Returns WF_BUSY if another host runs on the database, WF_SCHEMA if it was
+ * written by a newer wfhost, WF_IO if it cannot be opened. */
+int wf_host_open(const char *db_path, const wf_config *cfg, wf_host **out /* OUT */);
+
+/* Stops the host if running, closes every handle it owns and frees it. Work that was not
+ * committed is not lost: it is redone from the database by the next host. NULL is a no-op. */
+void wf_host_close(wf_host *h);
+
+/* The message for the last failure on h: never NULL, valid until the next call on h. */
+const char *wf_errmsg(const wf_host *h);
+
+/* A short English name for a result code ("not found", ...). */
+const char *wf_strerror(int rc);
+
+/* ---- Workflow code (host mode) ---------------------------------------------------------- */
+
+/* Loads every `*.lua` file directly in dir as a workflow definition; files in
+ * subdirectories are helper modules for the sandboxed `require`. Definitions replace those
+ * of the same name and version. Returns WF_LUA with every file:line problem in wf_errmsg()
+ * if any file fails (nothing from dir is loaded then). */
+int wf_load_dir(wf_host *h, const char *dir);
+
+/* Checks the workflow files in dir without running anything: syntax, that each file returns
+ * a definition, duplicate names. Returns WF_OK, or WF_LUA with one line per problem
+ * ("file:line: message") in wf_errmsg(). Works in both modes. */
+int wf_check_dir(wf_host *h, const char *dir);
+
+/* ---- Actions (host mode) ---------------------------------------------------------------- */
+
+typedef struct wf_call wf_call;
+
+/* An action. It must complete the call exactly once, with wf_call_ok() or wf_call_fail(),
+ * before returning or later from the loop thread. Until then the call's strings stay valid. */
+typedef void (*wf_action_fn)(wf_call *call, void *ud);
+
+/* Registers (or replaces) an action. name: letters, digits, '_' and '.'. */
+int wf_register_action(wf_host *h, const char *name, wf_action_fn fn, void *ud);
+
+const char *wf_call_action(const wf_call *c);   /* the action's name */
+const char *wf_call_params(const wf_call *c);   /* JSON */
+const char *wf_call_instance(const wf_call *c); /* the calling instance's id */
+/* The idempotency key, "<instance id>:<seq>": identical on every attempt of the same step,
+ * including one repeated after a crash. */
+const char *wf_call_key(const wf_call *c);
+int wf_call_attempt(const wf_call *c);          /* 1 for the first attempt */
+wf_host *wf_call_host(const wf_call *c);
+
+/* Completes the call with a JSON result (NULL means JSON null). The call is freed. */
+void wf_call_ok(wf_call *c, const char *result_json);
+
+/* Completes the call with an error. code: a short machine-readable word ("declined");
+ * retryable tells the workflow whether trying again could succeed. The call is freed. */
+void wf_call_fail(wf_call *c, const char *code, const char *message, int retryable);
+
+/* A plugin for the `wfhost` command is a shared object exporting this function; it registers
+ * its actions and returns WF_OK. */
+typedef int (*wf_plugin_init_fn)(wf_host *h);
+#define WF_PLUGIN_INIT_SYMBOL "wfhost_plugin_init"
+
+/* ---- Instances (both modes) ------------------------------------------------------------- */
+
+#define WF_ID_MAX 128 /* longest instance id, in bytes */
+
+/* Called once a request is durable (or failed). id is the instance id. */
+typedef void (*wf_done_fn)(wf_host *h, int rc, const char *id, void *ud);
+
+/* Starts an instance of workflow with input_json (NULL: null). id may be NULL to have one
+ * generated, or a caller-chosen id: starting an id that exists starts nothing and reports
+ * that instance (rc WF_OK, *created 0). The id is copied to id_out (WF_ID_MAX + 1 bytes) if
+ * not NULL. Host mode: the instance is created in the next commit and done() is called
+ * once it is durable. Client mode: returns once the request is durable (done() is called
+ * before returning). Returns WF_NOTFOUND for an unknown workflow, WF_INVALID for malformed
+ * JSON, a bad id or a payload over max_payload. */
+int wf_start(wf_host *h, const char *workflow, const char *input_json, const char *id,
+             char *id_out /* OUT, may be NULL */, wf_done_fn done, void *ud);
+
+/* Sends an event to an instance. It is kept in the instance's durable inbox until a
+ * wait_for takes it, oldest first. Returns WF_NOTFOUND for an unknown instance, WF_STATE if
+ * it has finished. done() as for wf_start(). */
+int wf_signal(wf_host *h, const char *id, const char *event, const char *data_json,
+              wf_done_fn done, void *ud);
+
+/* Requests cancellation: the workflow gets a `cancelled` error at its current yield point.
+ * Returns WF_NOTFOUND / WF_STATE as wf_signal(). */
+int wf_cancel(wf_host *h, const char *id, wf_done_fn done, void *ud);
+
+/* Resumes a suspended instance (after a non-determinism diff, an unregistered action, ...)
+ * by replaying it with the code now loaded. Returns WF_STATE if it is not suspended. */
+int wf_retry(wf_host *h, const char *id, wf_done_fn done, void *ud);
+
+/* Everything a reader may want to know about an instance, as committed. */
+typedef struct wf_info {
+  char *id;
+  char *workflow;
+  int version;
+  char *status;       /* pending, running, waiting, completed, failed, cancelled, suspended */
+  char *state;        /* the label set by ctx:set_state, or NULL */
+  char *input_json;
+  char *data_json;    /* ctx.data, a JSON object */
+  char *output_json;  /* the returned value once completed, else NULL */
+  char *error;        /* failure or suspension message (with traceback), else NULL */
+  char *waiting_for;  /* what a waiting instance waits on, e.g. "event Approve|Reject", else NULL */
+  int64_t created_at;
+  int64_t updated_at;
+} wf_info;
+
+typedef struct wf_history_entry {
+  int64_t pos;     /* 1, 2, ... in journal order */
+  int64_t seq;     /* the command this entry belongs to (0: the instance itself) */
+  char *kind;      /* started, action, action_result, action_error, wait, event, timeout,
+                      sleep, timer_fired, now, random, uuid, state, cancel_requested,
+                      cancelled, completed, failed, suspended, ... */
+  char *name;      /* action or event name, or NULL */
+  char *data_json; /* JSON, or NULL */
+  int64_t at;
+} wf_history_entry;
+
+/* Reads one instance. *out is allocated; free it with wf_info_free(). WF_NOTFOUND if absent. */
+int wf_get(wf_host *h, const char *id, wf_info **out /* OUT */);
+void wf_info_free(wf_info *info);
+
+/* Lists instances, newest first, filtered by status and/or workflow (NULL: any), at most
+ * limit (0: no limit). *out is an array of *n entries; free with wf_info_list_free(). */
+int wf_list(wf_host *h, const char *status, const char *workflow, int limit,
+            wf_info **out /* OUT */, size_t *n /* OUT */);
+void wf_info_list_free(wf_info *list, size_t n);
+
+/* Reads an instance's history in journal order; free with wf_history_free(). */
+int wf_history(wf_host *h, const char *id, wf_history_entry **out /* OUT */, size_t *n /* OUT */);
+void wf_history_free(wf_history_entry *entries, size_t n);
+
+/* ---- Running (host mode) ---------------------------------------------------------------- */
+
+/* The loop the host runs on (its own or the one given in the config). */
+uv_loop_t *wf_host_loop(wf_host *h);
+
+/* Recovers the instances left running by a previous host (re-dispatching actions that were
+ * in flight, arming timers) and starts taking requests. Called by wf_host_run() and
+ * wf_host_drain() if needed; call it yourself when you drive the loop. Idempotent. */
+int wf_host_start(wf_host *h);
+
+/* Runs the loop until wf_host_stop() (or a signal handler calling it). Returns WF_OK, or
+ * the error that stopped the host. */
+int wf_host_run(wf_host *h);
+
+/* Runs the loop until no work is ready: every instance is waiting on an event or a future
+ * timer, or finished, and no action is in flight. Does not wait for timers. For tests and
+ * batch programs. */
+int wf_host_drain(wf_host *h);
+
+/* Asks wf_host_run() to return after committing the work at hand. Safe from a signal
+ * handler? No: call it from the loop thread (e.g. a uv_signal_t callback). */
+void wf_host_stop(wf_host *h);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* WFHOST_H */

@@ -1,0 +1,384 @@
+-- wf_ctx.lua: the Lua side of the host, compiled into libwfhost and run as trusted code in
+-- the host's Lua state. It builds the sandbox that workflow files run in, `workflow.define`,
+-- and the `ctx` object each instance receives.
+--
+-- Protocol with the C resume driver (host/wf_step.c): every command a workflow issues
+-- (action, wait, sleep, now, random, uuid) is a coroutine.yield(kind, name, arg) from
+-- `command` below; the driver journals it and resumes the coroutine with a status word and
+-- values. Things that are not commands (state labels, log lines) call `note`, a C function
+-- that records them directly, so they also work where a yield could not (inside a string.gsub
+-- callback, a __tostring metamethod, ...).
+local note, cjson_module = ...
+
+local yield = coroutine.yield
+local type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall =
+  type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall
+local floor, huge, concat, sort = math.floor, math.huge, table.concat, table.sort
+
+local M = {}
+
+-- JSON: one cjson instance configured for the host; sparse arrays become objects instead of
+-- failing. (Debian's cjson 2.1.0 decodes an empty array as an empty table, which encodes as {}.)
+local json = cjson_module.new()
+json.encode_sparse_array(true)
+json.encode_invalid_numbers(false)
+json.encode_max_depth(128)
+json.decode_max_depth(128)
+M.null = json.null
+function M.encode(v) return json.encode(v) end
+function M.decode(s) return json.decode(s) end
+
+---------------------------------------------------------------------------------------------
+-- Durations: a number of seconds, or a string of number+unit groups ("250ms", "1h30m").
+---------------------------------------------------------------------------------------------
+local units = { ms = 1, s = 1000, m = 60000, h = 3600000, d = 86400000 }
+
+local function bad_duration(d)
+  error(("invalid duration %q: use a number of seconds or a string like \"250ms\", \"10s\", " ..
+    "\"5m\", \"72h\", \"7d\""):format(tostring(d)), 3)
+end
+
+-- Returns the duration in whole milliseconds.
+function M.duration_ms(d)
+  if type(d) == "number" then
+    if d ~= d or d < 0 or d == huge then bad_duration(d) end
+    return floor(d * 1000 + 0.5)
+  end
+  if type(d) ~= "string" then bad_duration(d) end
+  local s = d:gsub("%s+", "")
+  if s == "" then bad_duration(d) end
+  local total, pos = 0, 1
+  while pos <= #s do
+    local num, unit, nextpos = s:match("^(%d+%.?%d*)(%a+)()", pos)
+    if not num or not units[unit] then bad_duration(d) end
+    total = total + tonumber(num) * units[unit]
+    pos = nextpos
+  end
+  return floor(total + 0.5)
+end
+
+---------------------------------------------------------------------------------------------
+-- Errors raised into workflow code. Structured: code, message, retryable, plus extra fields.
+---------------------------------------------------------------------------------------------
+local Error = {}
+Error.__index = Error
+Error.__tostring = function(e)
+  if e.action then
+    return ("action '%s' failed: %s: %s"):format(e.action, tostring(e.code), tostring(e.message))
+  end
+  return ("%s: %s"):format(tostring(e.code), tostring(e.message))
+end
+M.Error = Error
+
+local function new_error(t) return setmetatable(t, Error) end
+
+-- The error raised at a workflow's yield point when its instance is cancelled.
+function M.cancelled_error()
+  return new_error { code = "cancelled", message = "the instance was cancelled", retryable = false }
+end
+
+-- A readable one-line description of any error value (used by the C driver).
+function M.describe_error(e)
+  if type(e) == "table" then
+    local mt = getmetatable(e)
+    if mt and mt.__tostring then return tostring(e) end
+    if e.message ~= nil then
+      return e.code and ("%s: %s"):format(tostring(e.code), tostring(e.message)) or tostring(e.message)
+    end
+  end
+  if type(e) == "string" then return e end
+  return ("(error object is a %s value)"):format(type(e))
+end
+
+-- The error code of an error value, or nil.
+function M.error_code(e)
+  if type(e) == "table" then return rawget(e, "code") end
+  return nil
+end
+
+---------------------------------------------------------------------------------------------
+-- Commands: the only place that yields to the C driver.
+---------------------------------------------------------------------------------------------
+local decode = M.decode
+
+-- The workflow calls a ctx method, which calls `command`: error level 3 is the workflow line.
+local function command(kind, name, arg)
+  local st, a, b, c = yield(kind, name, arg)
+  if st == "value" then return a end
+  if st == "json" then return decode(a) end
+  if st == "event" then return { name = a, data = decode(b), at = c / 1000 } end
+  if st == "timeout" then return nil, "timeout" end
+  if st == "fired" then return end
+  if st == "error" then
+    local e = decode(a)
+    e.action = name
+    error(new_error(e), 0)
+  end
+  if st == "cancelled" then error(M.cancelled_error(), 0) end
+  if st == "raise" then error(a, 3) end
+  error("wfhost: unexpected resume status " .. tostring(st))
+end
+
+local function check_name(what, s, level)
+  if type(s) ~= "string" or s == "" or #s > 128 or s:find("[|%c]") then
+    error(("%s must be a non-empty string of at most 128 bytes without '|' or control " ..
+      "characters, got %s"):format(what, type(s) == "string" and ("%q"):format(s) or type(s)), level + 1)
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- ctx
+---------------------------------------------------------------------------------------------
+local Ctx = {}
+Ctx.__index = Ctx
+
+local function actions_proxy()
+  local cache = {}
+  return setmetatable({}, {
+    __index = function(_, name)
+      if type(name) ~= "string" then return nil end
+      local f = cache[name]
+      if not f then
+        f = function(params, ...)
+          if select("#", ...) > 0 and type((...)) ~= "table" and (...) ~= nil then
+            error(("ctx.actions.%s(params, opts): opts must be a table"):format(name), 2)
+          end
+          local ok, payload = pcall(json.encode, params == nil and json.null or params)
+          if not ok then
+            error(("params of action '%s' cannot be stored as JSON: %s"):format(name, payload), 2)
+          end
+          return command("action", name, payload)
+        end
+        cache[name] = f
+      end
+      return f
+    end,
+    __newindex = function() error("ctx.actions is read-only", 2) end,
+  })
+end
+
+local Log = {}
+Log.__index = Log
+for _, level in ipairs { "debug", "info", "warn", "error" } do
+  Log[level] = function(self, msg, fields)
+    local fjson
+    if fields ~= nil then
+      local ok, s = pcall(json.encode, fields)
+      fjson = ok and s or json.encode { unencodable = tostring(s) }
+    end
+    note(self.ctx, "log", level, tostring(msg), fjson)
+  end
+end
+
+-- Creates the ctx of one instance. `instance` is the C driver's light userdata for `note`.
+function M.new_ctx(instance, id, workflow, version)
+  local ctx = setmetatable({
+    id = id, workflow = workflow, version = version,
+    data = {}, actions = actions_proxy(), _instance = instance, _state = nil,
+  }, Ctx)
+  ctx.log = setmetatable({ ctx = ctx }, Log)
+  return ctx
+end
+
+function Ctx:wait_for(names, opts)
+  if type(names) == "string" then names = { names } end
+  if type(names) ~= "table" or #names == 0 then
+    error("ctx:wait_for(names, opts): names must be an event name or a non-empty list of names", 2)
+  end
+  for i = 1, #names do check_name("event name", names[i], 2) end
+  local timeout
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:wait_for(names, opts): opts must be a table", 2) end
+    if opts.timeout ~= nil then timeout = M.duration_ms(opts.timeout) end
+  end
+  return command("wait", concat(names, "|"), timeout)
+end
+
+function Ctx:sleep(d)
+  return command("sleep", nil, M.duration_ms(d))
+end
+
+-- Seconds since the epoch (with millisecond precision), recorded on first execution.
+function Ctx:now()
+  return command("now") / 1000
+end
+
+-- As math.random, from a recorded draw: () in [0,1), (m) in 1..m, (m, n) in m..n.
+function Ctx:random(m, n)
+  if m ~= nil and (type(m) ~= "number" or m ~= floor(m)) then
+    error("ctx:random(m, n): bounds must be integers", 2)
+  end
+  if n ~= nil and (type(n) ~= "number" or n ~= floor(n)) then
+    error("ctx:random(m, n): bounds must be integers", 2)
+  end
+  if m ~= nil and n == nil then m, n = 1, m end
+  if m ~= nil and m > n then error("ctx:random(m, n): interval is empty", 2) end
+  local u = command("random")
+  if m == nil then return u end
+  return m + floor(u * (n - m + 1))
+end
+
+function Ctx:uuid()
+  return command("uuid")
+end
+
+function Ctx:set_state(label)
+  if label ~= nil then check_name("state label", label, 2) end
+  self._state = label
+  note(self, "state", label)
+end
+
+function Ctx:state()
+  return self._state
+end
+
+---------------------------------------------------------------------------------------------
+-- workflow.define
+---------------------------------------------------------------------------------------------
+local Definition = {}
+
+function M.define(spec)
+  if type(spec) ~= "table" then error("workflow.define expects a table { name, version, run }", 2) end
+  local name, version, run = spec.name, spec.version or 1, spec.run
+  if type(name) ~= "string" or not name:match("^[%w_%.%-]+$") or #name > 128 then
+    error("workflow.define: name must be a string of letters, digits, '_', '.' or '-'", 2)
+  end
+  if math.type(version) ~= "integer" or version < 1 then
+    error("workflow.define: version must be a positive integer", 2)
+  end
+  if type(run) ~= "function" then error("workflow.define: run must be a function(ctx, input)", 2) end
+  local info = debug.getinfo(2, "Sl")
+  return setmetatable({
+    name = name, version = version, run = run,
+    source = info and info.short_src, line = info and info.currentline,
+  }, Definition)
+end
+
+function M.is_definition(v) return getmetatable(v) == Definition end
+
+-- The body of every instance's coroutine. Returns the output as JSON.
+function M.main(run, ctx, input_json)
+  local out = run(ctx, decode(input_json))
+  local ok, s = pcall(json.encode, out == nil and json.null or out)
+  if not ok then
+    error("the workflow returned a value that cannot be stored as JSON: " .. s, 0)
+  end
+  return s
+end
+
+-- ctx.data as JSON; raises a readable error if it holds something JSON cannot.
+function M.encode_data(ctx)
+  local data = rawget(ctx, "data")
+  if type(data) ~= "table" then error("ctx.data must stay a table", 0) end
+  local ok, s = pcall(json.encode, data)
+  if not ok then error("ctx.data cannot be stored as JSON: " .. s, 0) end
+  return s
+end
+
+---------------------------------------------------------------------------------------------
+-- The sandbox
+---------------------------------------------------------------------------------------------
+
+-- Deterministic iteration: keys sorted numbers first, then strings, then booleans. Lua's own
+-- order over string keys depends on a per-state hash seed, so it could differ after a
+-- restart and make replay diverge. Other key types (tables, functions) follow in an order
+-- that is not deterministic; the replay check catches a command that depends on it.
+local rank = { number = 1, string = 2, boolean = 3 }
+local function key_less(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then return (rank[ta] or 4) < (rank[tb] or 4) end
+  if ta == "number" or ta == "string" then return a < b end
+  if ta == "boolean" then return (not a) and b end
+  return tostring(a) < tostring(b)
+end
+
+local function sorted_pairs(t)
+  local mt = getmetatable(t)
+  if type(mt) == "table" and mt.__pairs then return mt.__pairs(t) end
+  local keys, n = {}, 0
+  for k in next, t do n = n + 1; keys[n] = k end
+  sort(keys, key_less)
+  local i = 0
+  return function()
+    i = i + 1
+    local k = keys[i]
+    if k ~= nil then return k, rawget(t, k) end
+  end, t, nil
+end
+M.sorted_pairs = sorted_pairs
+
+local function readonly(t, what)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function(_, k) error(("%s.%s cannot be changed in workflow code"):format(what, tostring(k)), 2) end,
+    __pairs = function() return sorted_pairs(t) end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+end
+
+local function copy(t, drop)
+  local c = {}
+  for k, v in next, t do if not (drop and drop[k]) then c[k] = v end end
+  return c
+end
+
+local unavailable = {
+  os = "os is not available in workflows: use ctx:now() for time and ctx:sleep() to wait",
+  io = "io is not available in workflows: do I/O in an action",
+  debug = "debug is not available in workflows",
+  package = "package is not available in workflows: use require for files in the workflows directory",
+  load = "load is not available in workflows", loadfile = "loadfile is not available in workflows",
+  dofile = "dofile is not available in workflows: use require",
+  collectgarbage = "collectgarbage is not available in workflows",
+  coroutine = "coroutine is not available in workflows: a workflow already runs as one",
+  rawset = "rawset is not available in workflows",
+}
+
+local function deny_random()
+  error("math.random is not deterministic under replay: use ctx:random()", 2)
+end
+
+-- Builds the read-only base environment. `print` and `require` are the host's.
+function M.make_base(print_fn, require_fn)
+  local mathlib = copy(math)
+  mathlib.random, mathlib.randomseed = deny_random, deny_random
+  local base = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = sorted_pairs,
+    pcall = pcall, xpcall = xpcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
+    select = select, setmetatable = setmetatable,
+    -- Strings share one metatable whose __index is the host's own string library.
+    getmetatable = function(v) if type(v) == "string" then return nil end return getmetatable(v) end,
+    tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
+    string = readonly(copy(string, { dump = true }), "string"),
+    table = readonly(copy(table), "table"),
+    math = readonly(mathlib, "math"),
+    utf8 = readonly(copy(utf8), "utf8"),
+    workflow = readonly({ define = M.define, sorted_pairs = sorted_pairs, null = json.null }, "workflow"),
+    json = readonly({ encode = json.encode, decode = json.decode, null = json.null }, "json"),
+    sorted_pairs = sorted_pairs,
+    print = print_fn, require = require_fn,
+  }
+  return setmetatable({}, {
+    __index = function(_, k)
+      local v = base[k]
+      if v ~= nil then return v end
+      local why = unavailable[k]
+      if why then error(why, 2) end
+      return nil
+    end,
+    __newindex = function(_, k) error(("cannot assign global '%s' in workflow code: use a local"):format(tostring(k)), 2) end,
+    __metatable = false,
+  })
+end
+
+-- A fresh _ENV for one file: reads fall through to the base, writes raise.
+function M.make_env(base)
+  return setmetatable({}, {
+    __index = base,
+    __newindex = function(_, k) error(("cannot assign global '%s' in workflow code: use a local"):format(tostring(k)), 2) end,
+    __metatable = false,
+  })
+end
+
+return M

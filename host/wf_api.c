@@ -514,7 +514,11 @@ int wf_host_run(wf_host *h) {
 int wf_host_drain(wf_host *h) {
   int rc = wf_host_start(h);
   if (rc != WF_OK) return rc;
-  while (wf_engine_busy(h)) uv_run(h->loop, UV_RUN_ONCE);
+  for (;;) {
+    wf_engine_fire_due(h);
+    if (!wf_engine_busy(h)) break;
+    uv_run(h->loop, UV_RUN_ONCE);
+  }
   return WF_OK;
 }
 

@@ -193,15 +193,10 @@ static void note_store_rc(wf_host *h, int rc) {
   }
 }
 
-void wf_engine_history_at(wf_host *h, wf_instance *in, int64_t seq, const char *kind,
-                          const char *name, const char *data, int64_t at) {
-  touch(h, in);
-  note_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, at));
-}
-
 void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                        const char *data) {
-  wf_engine_history_at(h, in, seq, kind, name, data, wf_now(h));
+  touch(h, in);
+  note_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, wf_now(h)));
 }
 
 /* ---- ready queue --------------------------------------------------------------------- */
@@ -298,6 +293,11 @@ static void fire_due(wf_host *h) {
 static void on_wake(uv_timer_t *t) {
   wf_host *h = t->data;
   h->armed_due = 0;
+  fire_due(h);
+  arm_timer(h);
+}
+
+void wf_engine_fire_due(wf_host *h) {
   fire_due(h);
   arm_timer(h);
 }
@@ -651,8 +651,10 @@ static void store_catalog(wf_host *h) {
 
 int wf_engine_start(wf_host *h) {
   if (h->started) return WF_OK;
-  int rc = wf_store_last_event_id(h->st, &h->last_event_id);
-  if (rc == WF_OK) rc = wf_store_each_timer(h->st, load_timer, h);
+  /* The first ingest takes every unconsumed event, including those sent while no host ran:
+   * each wakes its instance, which takes it if it waits for it. */
+  h->last_event_id = 0;
+  int rc = wf_store_each_timer(h->st, load_timer, h);
   if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
   store_catalog(h);
   h->started = 1;

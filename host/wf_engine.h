@@ -164,7 +164,7 @@ struct wf_host {
   wf_config cfg;
   char *db_path;
   wf_store *st;
-  char errmsg[2048];
+  char errmsg[16384];
 
   /* Lua */
   lua_State *L;
@@ -266,15 +266,15 @@ void wf_engine_submit(wf_host *h, wf_submit *s);
 wf_instance *wf_engine_find(wf_host *h, const char *id);
 void wf_engine_ready(wf_host *h, wf_instance *in);
 void wf_engine_kick(wf_host *h);
-/* Journals an entry for the instance in the open batch (at: now, or the given time). */
+/* Journals an entry for the instance in the open batch. */
 void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                        const char *data);
-void wf_engine_history_at(wf_host *h, wf_instance *in, int64_t seq, const char *kind,
-                          const char *name, const char *data, int64_t at);
 /* Loads the instance's unconsumed events from the store into its in-memory inbox. */
 int wf_engine_load_inbox(wf_host *h, wf_instance *in);
 void wf_engine_add_timer(wf_host *h, wf_instance *in, int64_t seq, int64_t due);
 int wf_engine_busy(wf_host *h);
+/* Makes instances whose timers are due ready now (a clock may jump, as a virtual one does). */
+void wf_engine_fire_due(wf_host *h);
 void wf_instance_free_pend(wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
 wf_event *wf_inbox_take(wf_instance *in, const char *names);

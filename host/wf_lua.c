@@ -93,6 +93,10 @@ int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen) {
   int rc = wf_lua_callmod(h, "decode", 1, 0);
   if (rc != 0) {
     const char *m = lua_tostring(L, -1);
+    if (m && !strncmp(m, "[wfhost]:", 9)) { /* the position of the host's own decode call */
+      const char *p = strstr(m + 9, ": ");
+      if (p) m = p + 2;
+    }
     snprintf(err, errlen, "%s", m ? m : "invalid JSON");
     lua_pop(L, 1);
     return -1;
@@ -271,6 +275,21 @@ void wf_lua_close(wf_host *h) {
 
 /* ---- loading workflow files ---------------------------------------------------------- */
 
+/* The line of the first `workflow.define` in a file: `return workflow.define {...}` is a
+ * tail call, which leaves no caller frame for define() to read its line from. */
+static int define_line(const char *path) {
+  size_t len;
+  char *src = read_file(path, &len);
+  if (!src) return 0;
+  int line = 1, found = 0;
+  const char *hit = strstr(src, "workflow.define");
+  for (const char *p = src; hit && p < hit; p++)
+    if (*p == '\n') line++;
+  found = hit ? line : 0;
+  free(src);
+  return found;
+}
+
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -334,17 +353,25 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
         snprintf(msg, sizeof msg, "%s: does not return a workflow definition (end the file with "
                  "`return workflow.define { name = ..., run = function(ctx, input) ... end }`)", files[i]);
       } else {
+        lua_getfield(L, def, "line");
+        int line = (int)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        if (line == 0) {
+          line = define_line(files[i]);
+          lua_pushinteger(L, line);
+          lua_setfield(L, def, "line");
+          lua_pushstring(L, files[i]);
+          lua_setfield(L, def, "source");
+        }
         lua_getfield(L, def, "name");
         lua_getfield(L, def, "version");
-        lua_getfield(L, def, "line");
         char key[300];
-        snprintf(key, sizeof key, "%s@%d", lua_tostring(L, -3), (int)lua_tointeger(L, -2));
-        int line = (int)lua_tointeger(L, -1);
+        snprintf(key, sizeof key, "%s@%d", lua_tostring(L, -2), (int)lua_tointeger(L, -1));
         lua_getfield(L, found, key);
         if (!lua_isnil(L, -1)) {
           lua_getfield(L, -1, "source");
           lua_getfield(L, -2, "line");
-          snprintf(msg, sizeof msg, "%s:%d: duplicate workflow '%s' version %d (first defined at %s:%d)",
+          snprintf(msg, sizeof msg, "%s:%d: duplicate workflow '%s' version %d (also defined at %s:%d)",
                    files[i], line, lua_tostring(L, def + 1), (int)lua_tointeger(L, def + 2),
                    lua_tostring(L, -2), (int)lua_tointeger(L, -1));
         } else {
@@ -354,10 +381,16 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
       }
       lua_settop(L, def - 1);
     }
-    if (msg[0]) {
-      if (nerr++) luaL_addchar(&errs, '\n');
+    /* Every problem is reported, up to what the error message can hold. */
+    if (msg[0] && nerr++ < 12) {
+      if (nerr > 1) luaL_addchar(&errs, '\n');
       luaL_addstring(&errs, msg);
     }
+  }
+  if (nerr > 12) {
+    char more[64];
+    snprintf(more, sizeof more, "\n... and %d more problems", nerr - 12);
+    luaL_addstring(&errs, more);
   }
   for (size_t i = 0; i < nfiles; i++) free(files[i]);
   free(files);

@@ -186,7 +186,8 @@ static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
   for (const char *p = tb; *p;) {
     const char *eol = strchr(p, '\n');
     size_t len = eol ? (size_t)(eol - p + 1) : strlen(p);
-    int host_frame = memmem(p, len, "[wfhost]", 8) != NULL || memmem(p, len, "(...tail calls...)", 18) != NULL;
+    int host_frame = memmem(p, len, "[wfhost]", 8) != NULL || memmem(p, len, "(...tail calls...)", 18) != NULL ||
+                     memmem(p, len, "[C]: in function 'error'", 24) != NULL;
     if (!host_frame) luaL_addlstring(&b, p, len);
     p += len;
   }
@@ -250,21 +251,32 @@ static void set_pend(wf_instance *in, wf_pend_kind kind, int64_t seq, const char
   in->pend.due = due;
 }
 
+/* An event as journaled and as resumed with: {"at":<arrival ms>,"data":<payload>}. */
+static char *event_record(const wf_event *ev) {
+  size_t n = strlen(ev->data) + 48;
+  char *s = wf_xmalloc(n);
+  snprintf(s, n, "{\"at\":%" PRId64 ",\"data\":%s}", ev->at, ev->data);
+  return s;
+}
+
+/* Journals the taking of an event by the wait at seq, and pushes it to resume with. */
+static int take_event(wf_host *h, wf_instance *in, int64_t seq, wf_event *ev, int64_t due) {
+  char *rec = event_record(ev);
+  wf_engine_history(h, in, seq, "event", ev->name, rec);
+  wf_store_consume_event(h->st, ev->id, seq);
+  if (due) wf_store_delete_timer(h->st, in->id, seq);
+  lua_pushliteral(in->co, "event");
+  lua_pushstring(in->co, ev->name);
+  lua_pushstring(in->co, rec);
+  free(rec);
+  wf_event_free(ev);
+  return 3;
+}
+
 /* Parks on a wait, or consumes a matching event from the inbox at once. */
 static int wait_or_take(wf_host *h, wf_instance *in, int64_t seq, const char *names, int64_t due) {
-  lua_State *co = in->co;
   wf_event *ev = wf_inbox_take(in, names);
-  if (ev) {
-    wf_engine_history_at(h, in, seq, "event", ev->name, ev->data, ev->at);
-    wf_store_consume_event(h->st, ev->id, seq);
-    if (due) wf_store_delete_timer(h->st, in->id, seq);
-    lua_pushliteral(co, "event");
-    lua_pushstring(co, ev->name);
-    lua_pushstring(co, ev->data);
-    lua_pushinteger(co, ev->at);
-    wf_event_free(ev);
-    return 4;
-  }
+  if (ev) return take_event(h, in, seq, ev, due);
   set_pend(in, WF_PEND_WAIT, seq, names, due);
   if (due) wf_engine_add_timer(h, in, seq, due);
   return -1;
@@ -286,9 +298,8 @@ static int push_recorded(lua_State *co, const wf_history_entry *e) {
   if (!strcmp(k, "event")) {
     lua_pushliteral(co, "event");
     lua_pushstring(co, e->name);
-    lua_pushstring(co, e->data_json ? e->data_json : "null");
-    lua_pushinteger(co, e->at);
-    return 4;
+    lua_pushstring(co, e->data_json);
+    return 3;
   }
   if (!strcmp(k, "timeout")) { lua_pushliteral(co, "timeout"); return 1; }
   if (!strcmp(k, "timer_fired")) { lua_pushliteral(co, "fired"); return 1; }
@@ -421,6 +432,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     if (argnum > 0) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
     else snprintf(data, sizeof data, "{}");
     wf_engine_history(h, in, seq, "wait", name, data);
+    if (due) wf_store_add_timer(h->st, in->id, seq, due);
     n = wait_or_take(h, in, seq, name, due);
   } else if (!strcmp(kind, "sleep")) {
     int64_t due = now + (argnum > 0 ? argnum : 0);
@@ -629,20 +641,11 @@ static int deliver(wf_host *h, wf_instance *in) {
     char *names = wf_strdup(in->pend.name);
     int64_t due = in->pend.due;
     wf_event *ev = wf_inbox_take(in, names);
+    free(names);
     if (ev) {
-      free(names);
-      wf_engine_history_at(h, in, seq, "event", ev->name, ev->data, ev->at);
-      wf_store_consume_event(h->st, ev->id, seq);
-      if (due) wf_store_delete_timer(h->st, in->id, seq);
-      lua_pushliteral(co, "event");
-      lua_pushstring(co, ev->name);
-      lua_pushstring(co, ev->data);
-      lua_pushinteger(co, ev->at);
-      wf_event_free(ev);
-      n = 4;
+      n = take_event(h, in, seq, ev, due);
       break;
     }
-    free(names);
     if (!due || due > wf_now(h)) return 0;
     wf_engine_history(h, in, seq, "timeout", NULL, NULL);
     wf_store_delete_timer(h->st, in->id, seq);

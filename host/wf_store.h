@@ -68,7 +68,8 @@ typedef struct wf_instance_rec {
  * is changed then). */
 int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created /* OUT */);
 
-/* Updates status, state, data, output, error, waiting_for and updated_at of r->id. */
+/* Updates version, status, state, data, output, error, waiting_for and updated_at of r->id
+ * (the version is assigned when an instance started by a client first runs). */
 int wf_store_update_instance(wf_store *st, const wf_instance_rec *r);
 
 /* Reads one instance (WF_NOTFOUND if absent) or a list, as the public wf_info. */
@@ -104,8 +105,6 @@ int wf_store_consume_event(wf_store *st, int64_t event_id, int64_t seq);
 int wf_store_pending_events(wf_store *st, const char *id, wf_store_event_fn fn, void *ud);
 /* Unconsumed events of any instance with event_id > after, oldest first (ingest). */
 int wf_store_events_after(wf_store *st, int64_t after, wf_store_event_fn fn, void *ud);
-/* The largest event id ever assigned (0 if none). */
-int wf_store_last_event_id(wf_store *st, int64_t *out /* OUT */);
 
 /* Timers. */
 int wf_store_add_timer(wf_store *st, const char *id, int64_t seq, int64_t due);

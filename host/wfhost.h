@@ -79,7 +79,7 @@ typedef struct wf_config {
   int poll_interval_ms;       /* how often a host checks for requests from other processes; 0: 10 */
   wf_log_fn log;              /* NULL: text lines on stderr */
   void *log_ud;
-  wf_log_level log_level;     /* lines below this level are dropped; default WF_LOG_DEBUG (0) */
+  wf_log_level log_level;     /* lines below this level are dropped; wf_config_init: WF_LOG_INFO */
   wf_clock_fn clock;          /* NULL: the real clock */
   void *clock_ud;
   uint64_t seed;              /* 0: seed ctx:random() and ctx:uuid() from the OS */
@@ -157,8 +157,9 @@ typedef int (*wf_plugin_init_fn)(wf_host *h);
 typedef void (*wf_done_fn)(wf_host *h, int rc, const char *id, void *ud);
 
 /* Starts an instance of workflow with input_json (NULL: null). id may be NULL to have one
- * generated, or a caller-chosen id: starting an id that exists starts nothing and reports
- * that instance (rc WF_OK, *created 0). The id is copied to id_out (WF_ID_MAX + 1 bytes) if
+ * generated, or a caller-chosen id: starting an id that exists (with the same workflow) starts
+ * nothing and succeeds, so a retried start never makes a duplicate; with another workflow it
+ * is refused with WF_STATE. The id is copied to id_out (WF_ID_MAX + 1 bytes) if
  * not NULL. Host mode: the instance is created in the next commit and done() is called
  * once it is durable. Client mode: returns once the request is durable (done() is called
  * before returning). Returns WF_NOTFOUND for an unknown workflow, WF_INVALID for malformed

@@ -26,7 +26,26 @@ json.encode_max_depth(128)
 json.decode_max_depth(128)
 M.null = json.null
 function M.encode(v) return json.encode(v) end
-function M.decode(s) return json.decode(s) end
+
+-- cjson 2.1 decodes every number as a float; whole numbers become integers, so that an id
+-- of 7 prints as 7, not 7.0. A null field of an object is dropped (Lua has no absent-but-
+-- present value); a null inside an array stays json.null, so the array keeps its length.
+local tointeger, mtype, null = math.tointeger, math.type, json.null
+local function normalize(v)
+  if type(v) == "number" then
+    return mtype(v) == "float" and v == v and v > -2^53 and v < 2^53 and tointeger(v) or v
+  end
+  if type(v) == "table" then
+    for k, x in next, v do
+      if x == null and type(k) == "string" then v[k] = nil
+      elseif type(x) == "number" or type(x) == "table" then v[k] = normalize(x) end
+    end
+  end
+  if v == null then return nil end
+  return v
+end
+
+function M.decode(s) return normalize(json.decode(s)) end
 
 ---------------------------------------------------------------------------------------------
 -- Durations: a number of seconds, or a string of number+unit groups ("250ms", "1h30m").
@@ -106,7 +125,10 @@ local function command(kind, name, arg)
   local st, a, b, c = yield(kind, name, arg)
   if st == "value" then return a end
   if st == "json" then return decode(a) end
-  if st == "event" then return { name = a, data = decode(b), at = c / 1000 } end
+  if st == "event" then
+    local e = decode(b) -- { at = arrival time in ms, data = payload }
+    return { name = a, data = e.data, at = e.at / 1000 }
+  end
   if st == "timeout" then return nil, "timeout" end
   if st == "fired" then return end
   if st == "error" then
@@ -247,10 +269,12 @@ function M.define(spec)
     error("workflow.define: version must be a positive integer", 2)
   end
   if type(run) ~= "function" then error("workflow.define: run must be a function(ctx, input)", 2) end
+  -- Where it is defined (the loader fills this in when a tail call hid the caller).
   local info = debug.getinfo(2, "Sl")
+  local known = info and info.source:sub(1, 1) == "@" and info.currentline > 0
   return setmetatable({
     name = name, version = version, run = run,
-    source = info and info.short_src, line = info and info.currentline,
+    source = known and info.short_src or nil, line = known and info.currentline or nil,
   }, Definition)
 end
 

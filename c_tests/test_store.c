@@ -1,0 +1,598 @@
+/*
+ * test_store.c — tests of the SQLite store through wf_store.h: opening and migrating,
+ * refusing foreign or newer files, the instance, history, inbox, timer, request and catalog
+ * tables, the host lock, transactions (including a commit that fails on a full disk) and
+ * change detection between connections.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "test_util.h"
+#include "wf_store.h"
+
+/* Opens a fresh database in a new temporary directory; its path is written to path. */
+static wf_store *open_fresh(char *path, size_t len) {
+  snprintf(path, len, "%s/wf.db", test_tmpdir());
+  wf_store *st = NULL;
+  int rc = wf_store_open(path, WF_DURABILITY_FULL, &st);
+  CHECK(rc == WF_OK);
+  if (rc != WF_OK) {
+    fprintf(stderr, "open %s: %s\n", path, wf_store_errmsg(st));
+    exit(1);
+  }
+  return st;
+}
+
+static wf_instance_rec rec(const char *id, const char *workflow, const char *status,
+                           int64_t created_at) {
+  wf_instance_rec r = {.id = id,
+                       .workflow = workflow,
+                       .version = 1,
+                       .status = status,
+                       .input = "{\"n\":1}",
+                       .data = "{}",
+                       .created_at = created_at,
+                       .updated_at = created_at};
+  return r;
+}
+
+static int insert(wf_store *st, const char *id, const char *workflow, const char *status,
+                  int64_t created_at) {
+  wf_instance_rec r = rec(id, workflow, status, created_at);
+  int created = -1;
+  int rc = wf_store_insert_instance(st, &r, &created);
+  return rc == WF_OK ? created : -1;
+}
+
+static void free_info(wf_info *i) {
+  free(i->id);
+  free(i->workflow);
+  free(i->status);
+  free(i->state);
+  free(i->input_json);
+  free(i->data_json);
+  free(i->output_json);
+  free(i->error);
+  free(i->waiting_for);
+}
+
+static void free_list(wf_info *list, size_t n) {
+  for (size_t i = 0; i < n; i++) free_info(&list[i]);
+  free(list);
+}
+
+static int has(const char *haystack, const char *needle) {
+  return haystack && strstr(haystack, needle) != NULL;
+}
+
+/* Runs one SQL statement on a separate raw connection and copies the first column of the
+ * first row into out as text ("" if no row). Returns 0, or -1 on failure. */
+static int raw_sql(const char *path, const char *sql, char out[64]) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *s;
+  int ok = -1;
+  out[0] = '\0';
+  if (sqlite3_open(path, &db) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW && sqlite3_column_text(s, 0))
+      snprintf(out, 64, "%s", (const char *)sqlite3_column_text(s, 0));
+    ok = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(s);
+  }
+  sqlite3_close(db);
+  return ok;
+}
+
+static void test_open_and_reopen(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "a", "wf", "pending", 10) == 1);
+  wf_store_close(st);
+  char out[64];
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
+  CHECK(raw_sql(path, "PRAGMA journal_mode", out) == 0 && strcmp(out, "wal") == 0);
+  CHECK(raw_sql(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'", out) == 0 &&
+        atoi(out) == 7); /* six tables and sqlite_sequence */
+
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "a", &info) == WF_OK);
+  CHECK(info && strcmp(info->workflow, "wf") == 0 && info->created_at == 10);
+  if (info) free_info(info);
+  free(info);
+  wf_store_close(st);
+  wf_store_close(NULL);
+}
+
+static void test_newer_schema_refused(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  wf_store_close(st);
+  char out[64];
+  CHECK(raw_sql(path, "PRAGMA user_version = 99", out) == 0);
+
+  st = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_SCHEMA);
+  const char *msg = wf_store_errmsg(st);
+  CHECK(has(msg, "newer"));
+  CHECK(has(msg, "schema version 99"));
+  CHECK(has(msg, path));
+  CHECK(has(msg, "upgrade wfhost"));
+  wf_store_close(st);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && strcmp(out, "99") == 0);
+}
+
+static void test_garbage_refused(void) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/garbage.db", test_tmpdir());
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL);
+  for (int i = 0; f && i < 200; i++) fputs("this is not a database at all\n", f);
+  if (f) fclose(f);
+
+  wf_store *st = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_IO);
+  CHECK(has(wf_store_errmsg(st), path));
+  CHECK(has(wf_store_errmsg(st), "not a database"));
+  wf_store_close(st);
+
+  snprintf(path, sizeof path, "%s/no/such/dir/wf.db", test_tmpdir());
+  st = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_IO);
+  CHECK(has(wf_store_errmsg(st), path));
+  wf_store_close(st);
+}
+
+static void test_insert_is_idempotent(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "x", "wf", "pending", 5) == 1);
+  wf_instance_rec r = rec("x", "other", "running", 99);
+  r.input = "{\"n\":2}";
+  int created = -1;
+  CHECK(wf_store_insert_instance(st, &r, &created) == WF_OK);
+  CHECK(created == 0);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "x", &info) == WF_OK);
+  CHECK(info && strcmp(info->workflow, "wf") == 0 && strcmp(info->status, "pending") == 0);
+  CHECK(info && strcmp(info->input_json, "{\"n\":1}") == 0 && info->created_at == 5);
+  if (info) free_info(info);
+  free(info);
+  wf_store_close(st);
+}
+
+static void test_update_get_list(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "i1", "order", "pending", 100) == 1);
+  CHECK(insert(st, "i2", "order", "waiting", 200) == 1);
+  CHECK(insert(st, "i3", "invoice", "waiting", 300) == 1);
+  CHECK(insert(st, "i4", "invoice", "completed", 300) == 1);
+
+  wf_instance_rec r = rec("i2", "order", "completed", 200);
+  r.state = "approved";
+  r.data = "{\"k\":true}";
+  r.output = "{\"ok\":1}";
+  r.waiting_for = "event Approve";
+  r.updated_at = 250;
+  CHECK(wf_store_update_instance(st, &r) == WF_OK);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "i2", &info) == WF_OK);
+  CHECK(info && strcmp(info->status, "completed") == 0 && strcmp(info->state, "approved") == 0);
+  CHECK(info && strcmp(info->data_json, "{\"k\":true}") == 0);
+  CHECK(info && strcmp(info->output_json, "{\"ok\":1}") == 0 && info->error == NULL);
+  CHECK(info && strcmp(info->waiting_for, "event Approve") == 0);
+  CHECK(info && info->created_at == 200 && info->updated_at == 250 && info->version == 1);
+  if (info) free_info(info);
+  free(info);
+
+  r.id = "nobody";
+  CHECK(wf_store_update_instance(st, &r) == WF_NOTFOUND);
+  info = NULL;
+  CHECK(wf_store_get_instance(st, "nobody", &info) == WF_NOTFOUND && info == NULL);
+
+  wf_info *list = NULL;
+  size_t n = 0;
+  CHECK(wf_store_list_instances(st, NULL, NULL, 0, &list, &n) == WF_OK);
+  CHECK(n == 4 && strcmp(list[0].id, "i4") == 0 && strcmp(list[1].id, "i3") == 0 &&
+        strcmp(list[2].id, "i2") == 0 && strcmp(list[3].id, "i1") == 0);
+  free_list(list, n);
+  CHECK(wf_store_list_instances(st, "completed", NULL, 0, &list, &n) == WF_OK);
+  CHECK(n == 2 && strcmp(list[0].id, "i4") == 0 && strcmp(list[1].id, "i2") == 0);
+  free_list(list, n);
+  CHECK(wf_store_list_instances(st, NULL, "order", 0, &list, &n) == WF_OK);
+  CHECK(n == 2 && strcmp(list[0].id, "i2") == 0 && strcmp(list[1].id, "i1") == 0);
+  free_list(list, n);
+  CHECK(wf_store_list_instances(st, "waiting", "invoice", 0, &list, &n) == WF_OK);
+  CHECK(n == 1 && strcmp(list[0].id, "i3") == 0);
+  free_list(list, n);
+  CHECK(wf_store_list_instances(st, NULL, NULL, 3, &list, &n) == WF_OK);
+  CHECK(n == 3 && strcmp(list[2].id, "i2") == 0);
+  free_list(list, n);
+  CHECK(wf_store_list_instances(st, "failed", NULL, 0, &list, &n) == WF_OK);
+  CHECK(n == 0 && list == NULL);
+
+  wf_store_close(st);
+}
+
+static void collect_id(void *ud, const char *id) {
+  char *buf = ud;
+  strcat(buf, id);
+  strcat(buf, " ");
+}
+
+static void test_each_instance(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "c", "wf", "running", 20) == 1);
+  CHECK(insert(st, "b", "wf", "pending", 20) == 1);
+  CHECK(insert(st, "a", "wf", "waiting", 10) == 1);
+  CHECK(insert(st, "d", "wf", "pending", 5) == 1);
+  char seen[128] = "";
+  const char *const statuses[] = {"pending", "running", NULL};
+  CHECK(wf_store_each_instance(st, statuses, collect_id, seen) == WF_OK);
+  CHECK(strcmp(seen, "d b c ") == 0);
+  seen[0] = '\0';
+  const char *const none[] = {NULL};
+  CHECK(wf_store_each_instance(st, none, collect_id, seen) == WF_OK);
+  CHECK(seen[0] == '\0');
+  wf_store_close(st);
+}
+
+static void test_history(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_append_history(st, "h", 2, 1, "action", "charge", "{\"p\":1}", 20) == WF_OK);
+  CHECK(wf_store_append_history(st, "h", 1, 0, "started", NULL, "{}", 10) == WF_OK);
+  CHECK(wf_store_append_history(st, "h", 3, 1, "action_result", "charge", NULL, 30) == WF_OK);
+  CHECK(wf_store_append_history(st, "other", 1, 0, "started", NULL, NULL, 5) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+
+  CHECK(wf_store_append_history(st, "h", 3, 9, "dup", NULL, NULL, 1) == WF_ERROR);
+  CHECK(has(wf_store_errmsg(st), "append history: "));
+
+  wf_history_entry *h = NULL;
+  size_t n = 0;
+  CHECK(wf_store_load_history(st, "h", &h, &n) == WF_OK);
+  CHECK(n == 3);
+  if (n == 3) {
+    CHECK(h[0].pos == 1 && h[0].seq == 0 && strcmp(h[0].kind, "started") == 0 && !h[0].name);
+    CHECK(h[1].pos == 2 && strcmp(h[1].name, "charge") == 0 &&
+          strcmp(h[1].data_json, "{\"p\":1}") == 0 && h[1].at == 20);
+    CHECK(h[2].pos == 3 && strcmp(h[2].kind, "action_result") == 0 && h[2].data_json == NULL);
+  }
+  for (size_t i = 0; i < n; i++) {
+    free(h[i].kind);
+    free(h[i].name);
+    free(h[i].data_json);
+  }
+  free(h);
+  CHECK(wf_store_load_history(st, "nobody", &h, &n) == WF_OK && n == 0 && h == NULL);
+  wf_store_close(st);
+}
+
+/* Records events as "id:instance:name:data " for comparison. */
+static void collect_event(void *ud, const wf_event_rec *ev) {
+  char *buf = ud;
+  char one[128];
+  snprintf(one, sizeof one, "%lld:%s:%s:%s ", (long long)ev->event_id, ev->instance_id, ev->name,
+           ev->data ? ev->data : "NULL");
+  strcat(buf, one);
+}
+
+static void test_inbox(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  int64_t e1 = 0, e2 = 0, e3 = 0;
+  CHECK(wf_store_add_event(st, "a", "Submit", "{\"x\":1}", 1, &e1) == WF_OK);
+  CHECK(wf_store_add_event(st, "b", "Other", NULL, 2, &e2) == WF_OK);
+  CHECK(wf_store_add_event(st, "a", "Approve", "{}", 3, &e3) == WF_OK);
+  CHECK(e1 == 1 && e2 == 2 && e3 == 3);
+
+  char seen[512] = "";
+  CHECK(wf_store_pending_events(st, "a", collect_event, seen) == WF_OK);
+  CHECK(strcmp(seen, "1:a:Submit:{\"x\":1} 3:a:Approve:{} ") == 0);
+
+  CHECK(wf_store_consume_event(st, e1, 7) == WF_OK);
+  CHECK(wf_store_consume_event(st, e1, 8) == WF_NOTFOUND);
+  CHECK(wf_store_consume_event(st, 999, 8) == WF_NOTFOUND);
+  seen[0] = '\0';
+  CHECK(wf_store_pending_events(st, "a", collect_event, seen) == WF_OK);
+  CHECK(strcmp(seen, "3:a:Approve:{} ") == 0);
+
+  seen[0] = '\0';
+  CHECK(wf_store_events_after(st, 0, collect_event, seen) == WF_OK);
+  CHECK(strcmp(seen, "2:b:Other:NULL 3:a:Approve:{} ") == 0);
+  seen[0] = '\0';
+  CHECK(wf_store_events_after(st, e2, collect_event, seen) == WF_OK);
+  CHECK(strcmp(seen, "3:a:Approve:{} ") == 0);
+  seen[0] = '\0';
+  CHECK(wf_store_pending_events(st, "nobody", collect_event, seen) == WF_OK && !seen[0]);
+
+  wf_store_close(st);
+}
+
+static void collect_timer(void *ud, const char *id, int64_t seq, int64_t due) {
+  char *buf = ud;
+  char one[64];
+  snprintf(one, sizeof one, "%s/%lld@%lld ", id, (long long)seq, (long long)due);
+  strcat(buf, one);
+}
+
+static void test_timers(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(wf_store_add_timer(st, "x", 1, 300) == WF_OK);
+  CHECK(wf_store_add_timer(st, "y", 2, 100) == WF_OK);
+  CHECK(wf_store_add_timer(st, "x", 3, 200) == WF_OK);
+  char seen[256] = "";
+  CHECK(wf_store_each_timer(st, collect_timer, seen) == WF_OK);
+  CHECK(strcmp(seen, "y/2@100 x/3@200 x/1@300 ") == 0);
+
+  CHECK(wf_store_add_timer(st, "x", 1, 50) == WF_OK);
+  CHECK(wf_store_delete_timer(st, "y", 2) == WF_OK);
+  CHECK(wf_store_delete_timer(st, "y", 2) == WF_OK);
+  seen[0] = '\0';
+  CHECK(wf_store_each_timer(st, collect_timer, seen) == WF_OK);
+  CHECK(strcmp(seen, "x/1@50 x/3@200 ") == 0);
+  wf_store_close(st);
+}
+
+struct req_seen {
+  wf_store *st;
+  char buf[256];
+  int add_one; /* the callback writes one request of its own, once */
+};
+
+static void collect_request(void *ud, int64_t req_id, const char *id, const char *kind) {
+  struct req_seen *r = ud;
+  char one[64];
+  snprintf(one, sizeof one, "%lld:%s:%s ", (long long)req_id, id, kind);
+  strcat(r->buf, one);
+  if (r->add_one) {
+    r->add_one = 0;
+    CHECK(wf_store_add_request(r->st, "late", "cancel", 9) == WF_OK);
+  }
+}
+
+static void test_requests(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(wf_store_add_request(st, "a", "cancel", 1) == WF_OK);
+  CHECK(wf_store_add_request(st, "b", "retry", 2) == WF_OK);
+  struct req_seen seen = {.st = st, .add_one = 1};
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_take_requests(st, collect_request, &seen) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  CHECK(strcmp(seen.buf, "1:a:cancel 2:b:retry ") == 0);
+
+  /* The request written during the walk was not handed out, so it is kept. */
+  seen.buf[0] = '\0';
+  CHECK(wf_store_take_requests(st, collect_request, &seen) == WF_OK);
+  CHECK(strcmp(seen.buf, "3:late:cancel ") == 0);
+  seen.buf[0] = '\0';
+  CHECK(wf_store_take_requests(st, collect_request, &seen) == WF_OK);
+  CHECK(seen.buf[0] == '\0');
+  wf_store_close(st);
+}
+
+static void test_catalog(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  int known = 9;
+  CHECK(wf_store_catalog_has(st, "order", &known) == WF_OK && known == -1);
+  const char *const names[] = {"order", "order", "invoice"};
+  const int versions[] = {1, 2, 1};
+  CHECK(wf_store_replace_catalog(st, names, versions, 3, 100) == WF_OK);
+  CHECK(wf_store_catalog_has(st, "order", &known) == WF_OK && known == 1);
+  CHECK(wf_store_catalog_has(st, "invoice", &known) == WF_OK && known == 1);
+  CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == 0);
+
+  const char *const fewer[] = {"refund"};
+  const int one[] = {3};
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_replace_catalog(st, fewer, one, 1, 200) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  CHECK(wf_store_catalog_has(st, "order", &known) == WF_OK && known == 0);
+  CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == 1);
+
+  /* A failing entry leaves the previous catalog whole. */
+  const char *const bad[] = {"ok", NULL};
+  const int two[] = {1, 1};
+  CHECK(wf_store_replace_catalog(st, bad, two, 2, 300) == WF_ERROR);
+  CHECK(has(wf_store_errmsg(st), "replace catalog"));
+  CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == 1);
+
+  CHECK(wf_store_replace_catalog(st, NULL, NULL, 0, 400) == WF_OK);
+  CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == -1);
+  wf_store_close(st);
+}
+
+static void test_lock_host(void) {
+  char path[256];
+  wf_store *st1 = open_fresh(path, sizeof path);
+  wf_store *st2 = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st2) == WF_OK);
+  CHECK(wf_store_lock_host(st1) == WF_OK);
+  CHECK(wf_store_lock_host(st1) == WF_OK);
+  CHECK(wf_store_lock_host(st2) == WF_BUSY);
+  char expect[64];
+  snprintf(expect, sizeof expect, "(pid %ld)", (long)getpid());
+  CHECK(has(wf_store_errmsg(st2), "another wfhost host is running on"));
+  CHECK(has(wf_store_errmsg(st2), path));
+  CHECK(has(wf_store_errmsg(st2), expect));
+  wf_store_close(st1);
+  CHECK(wf_store_lock_host(st2) == WF_OK);
+  wf_store_close(st2);
+}
+
+static void test_commit_and_rollback(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  wf_store *other = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &other) == WF_OK);
+
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(insert(st, "gone", "wf", "pending", 1) == 1);
+  CHECK(wf_store_append_history(st, "gone", 1, 0, "started", NULL, NULL, 1) == WF_OK);
+  wf_store_rollback(st);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "gone", &info) == WF_NOTFOUND);
+  wf_history_entry *h = NULL;
+  size_t n = 9;
+  CHECK(wf_store_load_history(st, "gone", &h, &n) == WF_OK && n == 0);
+  wf_store_rollback(st); /* no transaction: harmless */
+
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(insert(st, "kept", "wf", "pending", 1) == 1);
+  CHECK(wf_store_get_instance(other, "kept", &info) == WF_NOTFOUND);
+  CHECK(wf_store_commit(st) == WF_OK);
+  CHECK(wf_store_get_instance(other, "kept", &info) == WF_OK);
+  if (info) free_info(info);
+  free(info);
+  wf_store_close(other);
+  wf_store_close(st);
+}
+
+/* A commit that cannot write its WAL frames (the file size limit stands in for a full disk)
+ * fails with WF_IO, leaves nothing behind, and the connection goes on working. */
+static void test_commit_failure(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  size_t big_len = 1 << 20;
+  char *big = malloc(big_len + 3);
+  memset(big, 'x', big_len + 2);
+  big[0] = big[big_len + 1] = '"';
+  big[big_len + 2] = '\0';
+
+  CHECK(wf_store_begin(st) == WF_OK);
+  wf_instance_rec r = rec("big", "wf", "pending", 1);
+  r.input = big;
+  int created = 0;
+  CHECK(wf_store_insert_instance(st, &r, &created) == WF_OK && created == 1);
+
+  struct rlimit saved, small;
+  getrlimit(RLIMIT_FSIZE, &saved);
+  small = saved;
+  small.rlim_cur = 256 * 1024;
+  signal(SIGXFSZ, SIG_IGN);
+  CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  int rc = wf_store_commit(st);
+  setrlimit(RLIMIT_FSIZE, &saved);
+  signal(SIGXFSZ, SIG_DFL);
+  CHECK(rc == WF_IO);
+  CHECK(has(wf_store_errmsg(st), "commit failed: "));
+  free(big);
+
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "big", &info) == WF_NOTFOUND);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(insert(st, "small", "wf", "pending", 2) == 1);
+  CHECK(wf_store_commit(st) == WF_OK);
+  wf_store_close(st);
+
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(wf_store_get_instance(st, "small", &info) == WF_OK);
+  if (info) free_info(info);
+  free(info);
+  wf_store_close(st);
+}
+
+static void test_changed(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  wf_store *other = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &other) == WF_OK);
+  CHECK(wf_store_changed(st) == 0);
+
+  CHECK(wf_store_begin(other) == WF_OK);
+  CHECK(wf_store_add_request(other, "a", "cancel", 1) == WF_OK);
+  CHECK(wf_store_commit(other) == WF_OK);
+  CHECK(wf_store_changed(st) == 1);
+  CHECK(wf_store_changed(st) == 0);
+
+  /* A connection's own commits are not changes by another. */
+  CHECK(wf_store_add_request(st, "b", "cancel", 2) == WF_OK);
+  CHECK(wf_store_changed(st) == 0);
+  CHECK(wf_store_changed(other) == 1);
+  wf_store_close(other);
+  wf_store_close(st);
+}
+
+static void test_durability_normal(void) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/normal.db", test_tmpdir());
+  wf_store *st = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_NORMAL, &st) == WF_OK);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(insert(st, "n", "wf", "pending", 1) == 1);
+  CHECK(wf_store_commit(st) == WF_OK);
+  wf_store_close(st);
+  st = NULL;
+  CHECK(wf_store_open(path, (wf_durability)7, &st) == WF_INVALID);
+  wf_store_close(st);
+}
+
+/* Several processes opening one fresh file at once all succeed: one migrates, the others
+ * see the migrated schema once they get the write lock. */
+static void test_concurrent_first_open(void) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/race.db", test_tmpdir());
+  enum { N = 4 };
+  pid_t pids[N];
+  for (int i = 0; i < N; i++) {
+    pids[i] = fork();
+    if (pids[i] == 0) {
+      wf_store *st = NULL;
+      char id[16];
+      snprintf(id, sizeof id, "p%d", i);
+      int rc = wf_store_open(path, WF_DURABILITY_FULL, &st);
+      if (rc == WF_OK) rc = insert(st, id, "wf", "pending", i) == 1 ? WF_OK : WF_ERROR;
+      if (rc != WF_OK) fprintf(stderr, "child %d: %s\n", i, wf_store_errmsg(st));
+      wf_store_close(st);
+      _exit(rc);
+    }
+  }
+  for (int i = 0; i < N; i++) {
+    int status = -1;
+    CHECK(pids[i] > 0 && waitpid(pids[i], &status, 0) == pids[i]);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  wf_store *st = NULL;
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  wf_info *list = NULL;
+  size_t n = 0;
+  CHECK(wf_store_list_instances(st, NULL, NULL, 0, &list, &n) == WF_OK && n == N);
+  free_list(list, n);
+  wf_store_close(st);
+}
+
+int main(void) {
+  test_open_and_reopen();
+  test_newer_schema_refused();
+  test_garbage_refused();
+  test_insert_is_idempotent();
+  test_update_get_list();
+  test_each_instance();
+  test_history();
+  test_inbox();
+  test_timers();
+  test_requests();
+  test_catalog();
+  test_lock_host();
+  test_commit_and_rollback();
+  test_commit_failure();
+  test_changed();
+  test_durability_normal();
+  test_concurrent_first_open();
+  TEST_MAIN_END();
+}

@@ -1,0 +1,80 @@
+/*
+ * test_util.h — the small helper shared by the C tests in c_tests/: a CHECK macro that
+ * reports and counts failures without stopping the test, fresh temporary directories, and
+ * the summary line that ends main().
+ *
+ *   int main(void) {
+ *     char dir[256];
+ *     snprintf(dir, sizeof dir, "%s", test_tmpdir());
+ *     CHECK(1 + 1 == 2);
+ *     TEST_MAIN_END();
+ *   }
+ *
+ * Directories made by test_tmpdir() are removed by TEST_MAIN_END() when every check passed,
+ * and kept (for a look) when one failed.
+ */
+#ifndef WF_TEST_UTIL_H
+#define WF_TEST_UTIL_H
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_checks __attribute__((unused));
+static int test_failures __attribute__((unused));
+
+/* Checks cond; on failure prints file:line and the expression, and counts the failure. */
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    test_checks++;                                                             \
+    if (!(cond)) {                                                             \
+      test_failures++;                                                         \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                          \
+  } while (0)
+
+#define TEST_MAX_TMPDIRS 64
+static char test_tmpdirs[TEST_MAX_TMPDIRS][32] __attribute__((unused));
+static int test_ntmpdirs __attribute__((unused));
+
+/* Makes a fresh directory under /tmp and returns its path. The string stays valid until the
+ * program ends; exits the test if no directory can be made. */
+static inline const char *test_tmpdir(void) {
+  if (test_ntmpdirs == TEST_MAX_TMPDIRS) {
+    fprintf(stderr, "test_tmpdir: more than %d directories\n", TEST_MAX_TMPDIRS);
+    exit(2);
+  }
+  char *dir = test_tmpdirs[test_ntmpdirs];
+  strcpy(dir, "/tmp/wftest.XXXXXX");
+  if (!mkdtemp(dir)) {
+    perror("test_tmpdir: mkdtemp");
+    exit(2);
+  }
+  test_ntmpdirs++;
+  return dir;
+}
+
+static inline int test_rm_entry(const char *path, const struct stat *sb, int flag,
+                                struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+static inline void test_cleanup_tmpdirs(void) {
+  for (int i = 0; i < test_ntmpdirs; i++)
+    nftw(test_tmpdirs[i], test_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Ends main(): prints "N checks, N failed" and returns 1 if any check failed, else 0. */
+#define TEST_MAIN_END()                                                  \
+  do {                                                                   \
+    printf("%d checks, %d failed\n", test_checks, test_failures);        \
+    if (test_failures == 0) test_cleanup_tmpdirs();                      \
+    return test_failures ? 1 : 0;                                        \
+  } while (0)
+
+#endif /* WF_TEST_UTIL_H */

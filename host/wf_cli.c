@@ -1,0 +1,1075 @@
+/*
+ * wf_cli.c — the `wfhost` command, the operator's tool.
+ *
+ * `wfhost run` is a host process: it opens the database in host mode, registers the actions
+ * of plugins, loads the workflow files and runs instances until SIGINT or SIGTERM. Every
+ * other command opens a client handle, writes one durable request (start, signal, cancel,
+ * retry) or reads instances, and exits; the running host picks the requests up within its
+ * poll interval. The command uses only the public API (wfhost.h), libuv for the signal
+ * handles of `run`, and dlfcn for plugins. docs/cli.md is its reference.
+ *
+ * Exit status: 0 success; 1 failure, with one `wfhost: <message>` line on stderr; 2 usage
+ * error, with a hint to run --help.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "wfhost.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+#define DEFAULT_DB "./wfhost.db"
+#define DEFAULT_WORKFLOWS "./workflows"
+#define STDIN_MAX ((size_t)64 << 20) /* far above any payload limit; only guards memory */
+#define HISTORY_DATA_MAX 100         /* code points of history data in the human view */
+
+/* ---- command line ------------------------------------------------------------------- */
+
+typedef struct command command;
+
+/* An option given to a command, in command-line order (repeatable ones appear repeatedly). */
+typedef struct opt_val {
+  const char *name; /* "--id" */
+  const char *value;
+} opt_val;
+
+/* The parsed command line. Pointers point into argv or are string literals. */
+typedef struct cli {
+  const char *db;
+  int json;
+  const command *cmd;
+  const char **pos; /* positional arguments after the command name */
+  int npos;
+  opt_val *opts;
+  int nopts;
+} cli;
+
+struct command {
+  const char *name;
+  int (*run)(cli *c);
+  int min_pos, max_pos;
+  const char *const *opts; /* options taking a value, NULL-terminated */
+  const char *synopsis;    /* after "wfhost " */
+  const char *summary;     /* one line for `wfhost --help` */
+  const char *help;        /* description, options and an example */
+};
+
+static const char *prog_cmd; /* the command name for messages, or NULL */
+
+/* Prints a usage error and its hint; returns EXIT_USAGE. */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
+  va_list ap;
+  fputs("wfhost: ", stderr);
+  if (prog_cmd) fprintf(stderr, "%s: ", prog_cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  if (prog_cmd) fprintf(stderr, "\nRun 'wfhost %s --help' for usage.\n", prog_cmd);
+  else fputs("\nRun 'wfhost --help' for the list of commands.\n", stderr);
+  return EXIT_USAGE;
+}
+
+/* Prints `wfhost: <message>`; returns EXIT_FAIL. */
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...) {
+  va_list ap;
+  fputs("wfhost: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return EXIT_FAIL;
+}
+
+/* Prints the handle's last error (indenting continuation lines); returns EXIT_FAIL. */
+static int fail_host(const wf_host *h, int rc) {
+  const char *m = wf_errmsg(h);
+  if (!h || !strcmp(m, "no error")) m = wf_strerror(rc);
+  fputs("wfhost: ", stderr);
+  for (const char *p = m; *p; p++) {
+    fputc(*p, stderr);
+    if (*p == '\n' && p[1]) fputs("  ", stderr);
+  }
+  fputc('\n', stderr);
+  return EXIT_FAIL;
+}
+
+static const char *opt_last(const cli *c, const char *name) {
+  const char *v = NULL;
+  for (int i = 0; i < c->nopts; i++)
+    if (!strcmp(c->opts[i].name, name)) v = c->opts[i].value;
+  return v;
+}
+
+/* Parses a non-negative decimal int (digits only); 0 on success. */
+static int parse_int(const char *s, int *out) {
+  char *end;
+  errno = 0;
+  if (*s < '0' || *s > '9') return -1;
+  long v = strtol(s, &end, 10);
+  if (*end || errno || v > INT_MAX) return -1;
+  *out = (int)v;
+  return 0;
+}
+
+/* Reads all of stdin into a NUL-terminated string (malloc'd); NULL after printing why. */
+static char *read_stdin(void) {
+  size_t n = 0, cap = 65536;
+  char *buf = malloc(cap);
+  if (!buf) return fail("out of memory reading stdin"), NULL;
+  for (;;) {
+    if (cap - n < 2) {
+      if (cap >= STDIN_MAX) {
+        free(buf);
+        fail("the JSON on stdin is larger than %zu MiB", STDIN_MAX >> 20);
+        return NULL;
+      }
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) return free(buf), fail("out of memory reading stdin"), NULL;
+      buf = nb;
+      cap *= 2;
+    }
+    size_t r = fread(buf + n, 1, cap - n - 1, stdin);
+    n += r;
+    if (r == 0) break;
+  }
+  if (ferror(stdin)) {
+    free(buf);
+    fail("cannot read stdin: %s", strerror(errno));
+    return NULL;
+  }
+  if (memchr(buf, 0, n)) {
+    free(buf);
+    fail("the JSON on stdin contains a NUL byte");
+    return NULL;
+  }
+  /* The newline that ends a file or an echo is not part of the value. */
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) n--;
+  buf[n] = 0;
+  if (n == 0) {
+    free(buf);
+    fail("no JSON on stdin (it was empty)");
+    return NULL;
+  }
+  return buf;
+}
+
+/* A JSON argument: NULL when absent (JSON null), stdin for "-", else the argument itself.
+ * *owned receives what the caller frees. Returns 0, or -1 after printing why. */
+static int json_arg(const char *arg, const char **json, char **owned) {
+  *owned = NULL;
+  *json = arg;
+  if (arg && !strcmp(arg, "-")) {
+    if (!(*owned = read_stdin())) return -1;
+    *json = *owned;
+  }
+  return 0;
+}
+
+/* Opens a client handle on the database. A missing file is refused rather than created: it
+ * is almost always a mistyped --db, and a database no host runs on would silently collect
+ * requests. */
+static int open_client(const cli *c, wf_host **h) {
+  *h = NULL;
+  if (strcmp(c->db, ":memory:") && access(c->db, F_OK) != 0) {
+    if (errno == ENOENT)
+      return fail("no database at '%s': start a host there with 'wfhost run --db %s', or pass --db PATH "
+                  "(or set WFHOST_DB)", c->db, c->db);
+    return fail("cannot access the database '%s': %s", c->db, strerror(errno));
+  }
+  wf_config cfg;
+  wf_config_init(&cfg);
+  cfg.mode = WF_MODE_CLIENT;
+  int rc = wf_host_open(c->db, &cfg, h);
+  if (rc != WF_OK) {
+    fail_host(*h, rc);
+    wf_host_close(*h);
+    *h = NULL;
+    return EXIT_FAIL;
+  }
+  return EXIT_OK;
+}
+
+/* ---- text: UTF-8, JSON, times --------------------------------------------------------- */
+
+/* The length of the valid UTF-8 sequence at s (1 to 4), or 0 if the byte starts none. */
+static int utf8_seq(const unsigned char *s) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  int n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+  if (c >= 0xf5) n = 0;
+  for (int i = 1; i < n; i++)
+    if ((s[i] & 0xc0) != 0x80) return 0;
+  if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0))) return 0; /* overlong, surrogate */
+  if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))) return 0;
+  return n;
+}
+
+/* Writes s as a JSON string (null for NULL). Invalid UTF-8 becomes U+FFFD, so the output
+ * is always valid JSON. */
+static void json_str(FILE *f, const char *s) {
+  if (!s) {
+    fputs("null", f);
+    return;
+  }
+  fputc('"', f);
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    unsigned c = *p;
+    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+    else if (c == '\n') fputs("\\n", f);
+    else if (c == '\r') fputs("\\r", f);
+    else if (c == '\t') fputs("\\t", f);
+    else if (c < 0x20 || c == 0x7f) fprintf(f, "\\u%04x", c);
+    else {
+      int n = utf8_seq(p);
+      if (n == 0) {
+        fputs("\\ufffd", f);
+        p++;
+      } else {
+        fwrite(p, 1, (size_t)n, f);
+        p += n;
+      }
+      continue;
+    }
+    p++;
+  }
+  fputc('"', f);
+}
+
+/* A small JSON validator, to embed the library's JSON text raw only when it really is JSON:
+ * the output of --json must parse whatever a database holds. Each returns the position after
+ * the value, or NULL. */
+static const char *jv_value(const char *p, int depth);
+
+static const char *jv_ws(const char *p) {
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+  return p;
+}
+
+static const char *jv_string(const char *p) {
+  for (p++; *p != '"'; p++) {
+    if ((unsigned char)*p < 0x20) return NULL;
+    if (*p == '\\') {
+      p++;
+      if (*p == 'u') {
+        for (int i = 1; i <= 4; i++)
+          if (!strchr("0123456789abcdefABCDEF", p[i]) || !p[i]) return NULL;
+        p += 4;
+      } else if (!*p || !strchr("\"\\/bfnrt", *p)) {
+        return NULL;
+      }
+    }
+  }
+  return p + 1;
+}
+
+static const char *jv_digits(const char *p) {
+  if (*p < '0' || *p > '9') return NULL;
+  while (*p >= '0' && *p <= '9') p++;
+  return p;
+}
+
+static const char *jv_number(const char *p) {
+  if (*p == '-') p++;
+  if (*p == '0') p++;
+  else if (!(p = jv_digits(p))) return NULL;
+  if (*p == '.' && !(p = jv_digits(p + 1))) return NULL;
+  if (*p == 'e' || *p == 'E') {
+    p++;
+    if (*p == '+' || *p == '-') p++;
+    if (!(p = jv_digits(p))) return NULL;
+  }
+  return p;
+}
+
+static const char *jv_value(const char *p, int depth) {
+  if (depth > 512) return NULL;
+  p = jv_ws(p);
+  switch (*p) {
+  case '"': return jv_string(p);
+  case 't': return strncmp(p, "true", 4) ? NULL : p + 4;
+  case 'f': return strncmp(p, "false", 5) ? NULL : p + 5;
+  case 'n': return strncmp(p, "null", 4) ? NULL : p + 4;
+  case '[':
+  case '{': {
+    char close = *p == '[' ? ']' : '}';
+    int obj = *p == '{';
+    p = jv_ws(p + 1);
+    if (*p == close) return p + 1;
+    for (;;) {
+      if (obj) {
+        if (*p != '"' || !(p = jv_string(p))) return NULL;
+        p = jv_ws(p);
+        if (*p++ != ':') return NULL;
+      }
+      if (!(p = jv_value(p, depth + 1))) return NULL;
+      p = jv_ws(p);
+      if (*p == close) return p + 1;
+      if (*p++ != ',') return NULL;
+      p = jv_ws(p);
+    }
+  }
+  default: return jv_number(p);
+  }
+}
+
+/* Writes JSON text as is when valid, null for NULL, and as a JSON string otherwise. */
+static void json_raw(FILE *f, const char *s) {
+  const char *end = s ? jv_value(s, 0) : NULL;
+  if (!s) fputs("null", f);
+  else if (end && !*jv_ws(end)) fputs(s, f);
+  else json_str(f, s);
+}
+
+/* Formats ms since the epoch as ISO-8601 UTC: "2026-01-02T03:04:05.678Z" (with_ms) or
+ * "2026-01-02T03:04:05Z". */
+static void fmt_time(int64_t ms, int with_ms, char out[40]) {
+  int64_t sec = ms / 1000, rem = ms % 1000;
+  if (rem < 0) rem += 1000, sec--;
+  time_t t = (time_t)sec;
+  struct tm tm;
+  if (!gmtime_r(&t, &tm)) {
+    snprintf(out, 40, "%" PRId64, ms);
+    return;
+  }
+  size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (with_ms) snprintf(out + n, 40 - n, ".%03dZ", (int)rem);
+  else snprintf(out + n, 40 - n, "Z");
+}
+
+/* A time as a JSON string, or null for 0 (not recorded). */
+static void json_time(FILE *f, int64_t ms) {
+  char t[40];
+  if (!ms) {
+    fputs("null", f);
+    return;
+  }
+  fmt_time(ms, 1, t);
+  fprintf(f, "\"%s\"", t);
+}
+
+/* A copy of s fit for one terminal line: line breaks and tabs become spaces, other control
+ * characters and invalid UTF-8 '?';
+ * at most max code points (0: no limit), ending with "…" when cut. NULL becomes "-". */
+static char *one_line(const char *s, size_t max) {
+  if (!s) s = "-";
+  size_t len = strlen(s);
+  char *o = malloc(len + 4);
+  if (!o) abort();
+  size_t j = 0, cps = 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    if (max && cps == max) {
+      memcpy(o + j, "\xe2\x80\xa6", 3); /* … */
+      j += 3;
+      break;
+    }
+    int n = utf8_seq(p);
+    if (*p == '\n' || *p == '\t' || *p == '\r') {
+      o[j++] = ' ';
+      p++;
+    } else if (n == 0 || *p < 0x20 || *p == 0x7f) {
+      o[j++] = '?';
+      p++;
+    } else {
+      memcpy(o + j, p, (size_t)n);
+      j += (size_t)n;
+      p += n;
+    }
+    cps++;
+  }
+  o[j] = 0;
+  return o;
+}
+
+/* Display width of a one_line() string: its code points. */
+static size_t width(const char *s) {
+  size_t w = 0;
+  for (; *s; s++)
+    if (((unsigned char)*s & 0xc0) != 0x80) w++;
+  return w;
+}
+
+/* ---- tables --------------------------------------------------------------------------- */
+
+/* A table of one-line cells, printed with column widths fitted to the content. */
+typedef struct table {
+  int ncols;
+  size_t nrows, cap;
+  char **cells; /* nrows * ncols, owned */
+} table;
+
+static void table_add(table *t, const char *const *row) {
+  if (t->nrows == t->cap) {
+    t->cap = t->cap ? t->cap * 2 : 16;
+    t->cells = realloc(t->cells, t->cap * (size_t)t->ncols * sizeof *t->cells);
+    if (!t->cells) abort();
+  }
+  for (int i = 0; i < t->ncols; i++) t->cells[t->nrows * (size_t)t->ncols + (size_t)i] = (char *)row[i];
+  t->nrows++;
+}
+
+/* Prints the table, each line after indent; right_align is a mask of the columns aligned
+ * right (numbers). Frees the table. */
+static void table_print(table *t, const char *indent, unsigned right_align) {
+  size_t w[16] = {0};
+  for (size_t r = 0; r < t->nrows; r++)
+    for (int i = 0; i < t->ncols; i++) {
+      size_t cw = width(t->cells[r * (size_t)t->ncols + (size_t)i]);
+      if (cw > w[i]) w[i] = cw;
+    }
+  for (size_t r = 0; r < t->nrows; r++) {
+    /* Padding is written only before something visible: no trailing blanks. */
+    size_t pending = strlen(indent);
+    for (int i = 0; i < t->ncols; i++) {
+      const char *s = t->cells[r * (size_t)t->ncols + (size_t)i];
+      size_t pad = w[i] - width(s);
+      if (right_align & (1u << i)) pending += pad;
+      if (*s) {
+        printf("%*s%s", (int)pending, "", s);
+        pending = 0;
+      }
+      if (!(right_align & (1u << i))) pending += pad;
+      pending += 2;
+    }
+    fputc('\n', stdout);
+  }
+  for (size_t k = 0; k < t->nrows * (size_t)t->ncols; k++) free(t->cells[k]);
+  free(t->cells);
+}
+
+/* ---- output of instances ----------------------------------------------------------------- */
+
+/* Writes an instance as a JSON object, left open so that `show` can add its history. */
+static void json_info_fields(FILE *f, const wf_info *in) {
+  fputs("{\"id\":", f);
+  json_str(f, in->id);
+  fputs(",\"workflow\":", f);
+  json_str(f, in->workflow);
+  /* Version 0: a pending instance whose version the host has not chosen yet. */
+  if (in->version) fprintf(f, ",\"version\":%d,\"status\":", in->version);
+  else fputs(",\"version\":null,\"status\":", f);
+  json_str(f, in->status);
+  fputs(",\"state\":", f);
+  json_str(f, in->state);
+  fputs(",\"waiting_for\":", f);
+  json_str(f, in->waiting_for);
+  fputs(",\"created_at\":", f);
+  json_time(f, in->created_at);
+  fputs(",\"updated_at\":", f);
+  json_time(f, in->updated_at);
+  fputs(",\"input\":", f);
+  json_raw(f, in->input_json);
+  fputs(",\"data\":", f);
+  json_raw(f, in->data_json);
+  fputs(",\"output\":", f);
+  json_raw(f, in->output_json);
+  fputs(",\"error\":", f);
+  json_str(f, in->error);
+}
+
+static char *fmt_cell(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt_cell(const char *fmt, ...) {
+  char buf[64];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return one_line(buf, 0);
+}
+
+static void print_list(const wf_info *list, size_t n) {
+  table t = {.ncols = 7};
+  const char *head[] = {"ID", "WORKFLOW", "VERSION", "STATUS", "STATE", "UPDATED", "WAITING FOR"};
+  char *row[7];
+  for (int i = 0; i < 7; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  for (size_t k = 0; k < n; k++) {
+    char when[40];
+    fmt_time(list[k].updated_at, 0, when);
+    row[0] = one_line(list[k].id, 0);
+    row[1] = one_line(list[k].workflow, 0);
+    row[2] = list[k].version ? fmt_cell("%d", list[k].version) : one_line(NULL, 0);
+    row[3] = one_line(list[k].status, 0);
+    row[4] = one_line(list[k].state, 0);
+    row[5] = one_line(list[k].updated_at ? when : NULL, 0);
+    row[6] = one_line(list[k].waiting_for, 0);
+    table_add(&t, (const char *const *)row);
+  }
+  table_print(&t, "", 1u << 2);
+}
+
+/* One labelled field of `show`; multi-line values continue under the value column. Other
+ * control characters and invalid UTF-8 are shown as '?', so no stored text can drive the
+ * terminal. */
+static void show_field(const char *label, const char *value) {
+  if (!value) return;
+  printf("%-13s", label);
+  for (const unsigned char *p = (const unsigned char *)value; *p;) {
+    int n = utf8_seq(p);
+    if (*p == '\n') {
+      if (p[1]) fputs("\n             ", stdout);
+      while (p[1] == '\t') { /* Lua tracebacks indent with tabs */
+        fputs("  ", stdout);
+        p++;
+      }
+    } else if (*p == '\t') {
+      fputc(' ', stdout);
+    } else if (n == 0 || *p < 0x20 || *p == 0x7f) {
+      fputc('?', stdout);
+    } else {
+      fwrite(p, 1, (size_t)n, stdout);
+      p += n;
+      continue;
+    }
+    p++;
+  }
+  fputc('\n', stdout);
+}
+
+static void print_show(const wf_info *in, const wf_history_entry *hist, size_t nh) {
+  char wf[300], created[40], updated[40];
+  if (in->version) snprintf(wf, sizeof wf, "%s@%d", in->workflow ? in->workflow : "?", in->version);
+  else snprintf(wf, sizeof wf, "%s (version chosen when the host starts it)", in->workflow ? in->workflow : "?");
+  fmt_time(in->created_at, 1, created);
+  fmt_time(in->updated_at, 1, updated);
+  show_field("id:", in->id);
+  show_field("workflow:", wf);
+  show_field("status:", in->status);
+  show_field("state:", in->state ? in->state : "-");
+  if (in->waiting_for) show_field("waiting for:", in->waiting_for);
+  show_field("created:", in->created_at ? created : "-");
+  show_field("updated:", in->updated_at ? updated : "-");
+  show_field("input:", in->input_json ? in->input_json : "null");
+  show_field("data:", in->data_json ? in->data_json : "{}");
+  show_field("output:", in->output_json);
+  show_field("error:", in->error);
+  printf("\nhistory (%zu %s):\n", nh, nh == 1 ? "entry" : "entries");
+  if (!nh) return;
+  table t = {.ncols = 6};
+  const char *head[] = {"POS", "TIME", "SEQ", "KIND", "NAME", "DATA"};
+  char *row[6];
+  for (int i = 0; i < 6; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  for (size_t k = 0; k < nh; k++) {
+    char when[40];
+    fmt_time(hist[k].at, 1, when);
+    row[0] = fmt_cell("%" PRId64, hist[k].pos);
+    row[1] = one_line(when, 0);
+    row[2] = hist[k].seq ? fmt_cell("%" PRId64, hist[k].seq) : one_line("", 0);
+    row[3] = one_line(hist[k].kind, 0);
+    row[4] = hist[k].name ? one_line(hist[k].name, 0) : one_line("", 0);
+    row[5] = hist[k].data_json ? one_line(hist[k].data_json, HISTORY_DATA_MAX) : one_line("", 0);
+    table_add(&t, (const char *const *)row);
+  }
+  table_print(&t, "  ", 1u << 0 | 1u << 2);
+}
+
+/* ---- commands: requests ------------------------------------------------------------------- */
+
+static void print_ok(const cli *c, const char *id) {
+  if (!c->json) return;
+  fputs("{\"ok\":true,\"id\":", stdout);
+  json_str(stdout, id);
+  fputs("}\n", stdout);
+}
+
+static int cmd_start(cli *c) {
+  const char *workflow = c->pos[0], *id = opt_last(c, "--id"), *json;
+  char *owned, id_out[WF_ID_MAX + 1];
+  if (!*workflow) return usage_error("the workflow name is empty");
+  if (json_arg(c->npos > 1 ? c->pos[1] : NULL, &json, &owned)) return EXIT_FAIL;
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return free(owned), st;
+  /* wf_start() reports an existing id as success without saying so; look first, so the
+   * operator learns that nothing new was started. */
+  int existed = 0;
+  wf_info *prev = NULL;
+  if (id && wf_get(h, id, &prev) == WF_OK) existed = 1;
+  wf_info_free(prev);
+  int rc = wf_start(h, workflow, json, id, id_out, NULL, NULL);
+  free(owned);
+  if (rc != WF_OK) {
+    st = fail_host(h, rc);
+  } else if (c->json) {
+    fputs("{\"id\":", stdout);
+    json_str(stdout, id_out);
+    printf(",\"created\":%s}\n", existed ? "false" : "true");
+  } else {
+    printf("%s\n", id_out);
+    if (existed) fprintf(stderr, "wfhost: instance '%s' already exists; nothing was started\n", id_out);
+  }
+  wf_host_close(h);
+  return st;
+}
+
+static int cmd_signal(cli *c) {
+  const char *json;
+  char *owned;
+  if (json_arg(c->npos > 2 ? c->pos[2] : NULL, &json, &owned)) return EXIT_FAIL;
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return free(owned), st;
+  int rc = wf_signal(h, c->pos[0], c->pos[1], json, NULL, NULL);
+  free(owned);
+  if (rc != WF_OK) st = fail_host(h, rc);
+  else print_ok(c, c->pos[0]);
+  wf_host_close(h);
+  return st;
+}
+
+static int cmd_cancel_retry(cli *c) {
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return st;
+  int rc = !strcmp(c->cmd->name, "cancel") ? wf_cancel(h, c->pos[0], NULL, NULL)
+                                           : wf_retry(h, c->pos[0], NULL, NULL);
+  if (rc != WF_OK) st = fail_host(h, rc);
+  else print_ok(c, c->pos[0]);
+  wf_host_close(h);
+  return st;
+}
+
+/* ---- commands: reads ------------------------------------------------------------------ */
+
+static const char *const statuses[] = {"pending", "running", "waiting", "completed",
+                                       "failed", "cancelled", "suspended", NULL};
+
+static int cmd_list(cli *c) {
+  const char *status = opt_last(c, "--status"), *workflow = opt_last(c, "--workflow");
+  const char *lim = opt_last(c, "--limit");
+  int limit = 0;
+  if (status) {
+    int ok = 0;
+    for (int i = 0; statuses[i]; i++) ok |= !strcmp(status, statuses[i]);
+    if (!ok)
+      return usage_error("unknown status '%s' (pending, running, waiting, completed, failed, cancelled "
+                         "or suspended)", status);
+  }
+  if (lim && parse_int(lim, &limit)) return usage_error("--limit takes a number >= 0 (0: no limit), not '%s'", lim);
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return st;
+  wf_info *list = NULL;
+  size_t n = 0;
+  int rc = wf_list(h, status, workflow, limit, &list, &n);
+  if (rc != WF_OK) {
+    st = fail_host(h, rc);
+  } else if (c->json) {
+    fputc('[', stdout);
+    for (size_t i = 0; i < n; i++) {
+      fputs(i ? ",\n  " : "\n  ", stdout);
+      json_info_fields(stdout, &list[i]);
+      fputc('}', stdout);
+    }
+    fputs(n ? "\n]\n" : "]\n", stdout);
+  } else if (n == 0) {
+    fprintf(stderr, "wfhost: no instances%s\n", status || workflow ? " match" : "");
+  } else {
+    print_list(list, n);
+  }
+  wf_info_list_free(list, n);
+  wf_host_close(h);
+  return st;
+}
+
+static int cmd_show(cli *c) {
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return st;
+  wf_info *in = NULL;
+  wf_history_entry *hist = NULL;
+  size_t nh = 0;
+  int rc = wf_get(h, c->pos[0], &in);
+  if (rc == WF_OK) rc = wf_history(h, c->pos[0], &hist, &nh);
+  if (rc != WF_OK) {
+    st = fail_host(h, rc);
+  } else if (c->json) {
+    json_info_fields(stdout, in);
+    fputs(",\"history\":[", stdout);
+    for (size_t i = 0; i < nh; i++) {
+      printf("%s{\"pos\":%" PRId64 ",\"seq\":%" PRId64 ",\"kind\":", i ? "," : "", hist[i].pos, hist[i].seq);
+      json_str(stdout, hist[i].kind);
+      fputs(",\"name\":", stdout);
+      json_str(stdout, hist[i].name);
+      fputs(",\"at\":", stdout);
+      json_time(stdout, hist[i].at);
+      fputs(",\"data\":", stdout);
+      json_raw(stdout, hist[i].data_json);
+      fputc('}', stdout);
+    }
+    fputs("]}\n", stdout);
+  } else {
+    print_show(in, hist, nh);
+  }
+  wf_history_free(hist, nh);
+  wf_info_free(in);
+  wf_host_close(h);
+  return st;
+}
+
+static int cmd_check(cli *c) {
+  const char *dir = c->npos ? c->pos[0] : DEFAULT_WORKFLOWS;
+  wf_config cfg;
+  wf_config_init(&cfg);
+  cfg.mode = WF_MODE_CLIENT;
+  wf_host *h;
+  int rc = wf_host_open(":memory:", &cfg, &h);
+  if (rc != WF_OK) {
+    fail_host(h, rc);
+    wf_host_close(h);
+    return EXIT_FAIL;
+  }
+  rc = wf_check_dir(h, dir);
+  int st = EXIT_OK;
+  if (rc == WF_OK) {
+    if (c->json) {
+      fputs("{\"ok\":true,\"dir\":", stdout);
+      json_str(stdout, dir);
+      fputs(",\"problems\":[]}\n", stdout);
+    } else {
+      printf("ok: %s\n", dir);
+    }
+  } else if (rc != WF_LUA) {
+    st = fail_host(h, rc);
+  } else {
+    /* One problem per line, as file:line: message, for editors and CI logs. */
+    const char *m = wf_errmsg(h);
+    int count = 0;
+    if (c->json) {
+      fputs("{\"ok\":false,\"dir\":", stdout);
+      json_str(stdout, dir);
+      fputs(",\"problems\":[", stdout);
+    }
+    for (const char *p = m; *p;) {
+      size_t n = strcspn(p, "\n");
+      if (c->json) {
+        char *line = strndup(p, n);
+        if (!line) abort();
+        fputs(count ? "," : "", stdout);
+        json_str(stdout, line);
+        free(line);
+      } else {
+        fprintf(stderr, "%.*s\n", (int)n, p);
+      }
+      count++;
+      p += n + (p[n] == '\n');
+    }
+    if (c->json) fputs("]}\n", stdout);
+    st = fail("%s: %d problem%s", dir, count, count == 1 ? "" : "s");
+  }
+  wf_host_close(h);
+  return st;
+}
+
+/* ---- command: run --------------------------------------------------------------------- */
+
+typedef struct runner {
+  wf_host *h;
+  uv_signal_t sigint, sigterm;
+  int signals; /* how many stop signals arrived */
+} runner;
+
+/* The first SIGINT/SIGTERM stops the host gracefully: it commits the work at hand and
+ * wf_host_run() returns. A second one exits at once; nothing committed is lost, and work
+ * that was not committed is redone by the next host. */
+static void on_stop_signal(uv_signal_t *s, int signum) {
+  runner *r = s->data;
+  if (++r->signals == 1) {
+    fprintf(stderr, "wfhost: %s received, stopping (send it again to exit at once)\n",
+            signum == SIGINT ? "SIGINT" : "SIGTERM");
+    wf_host_stop(r->h);
+    return;
+  }
+  fprintf(stderr, "wfhost: second signal, exiting without waiting\n");
+  _exit(EXIT_FAIL);
+}
+
+/* Loads one plugin and calls its init function; 0, or -1 after printing why. */
+static int load_plugin(wf_host *h, const char *file, void **handle) {
+  /* dlopen() searches the library path for a name without '/': make "x.so" mean ./x.so. */
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s%s", strchr(file, '/') ? "" : "./", file);
+  *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!*handle) return fail("cannot load plugin %s: %s", file, dlerror()), -1;
+  void *sym = dlsym(*handle, WF_PLUGIN_INIT_SYMBOL);
+  if (!sym)
+    return fail("plugin %s does not export %s(wf_host *): %s", file, WF_PLUGIN_INIT_SYMBOL, dlerror()), -1;
+  wf_plugin_init_fn init;
+  memcpy(&init, &sym, sizeof init);
+  int rc = init(h);
+  if (rc != WF_OK) {
+    const char *m = wf_errmsg(h);
+    return fail("plugin %s: %s() returned %d (%s)%s%s", file, WF_PLUGIN_INIT_SYMBOL, rc, wf_strerror(rc),
+                strcmp(m, "no error") ? ": " : "", strcmp(m, "no error") ? m : ""), -1;
+  }
+  return 0;
+}
+
+static int cmd_run(cli *c) {
+  const char *dir = opt_last(c, "--workflows"), *dur = opt_last(c, "--durability");
+  const char *cache = opt_last(c, "--cache-size"), *lvl = opt_last(c, "--log-level");
+  if (!dir) dir = DEFAULT_WORKFLOWS;
+  wf_config cfg;
+  wf_config_init(&cfg);
+  cfg.mode = WF_MODE_HOST;
+  if (dur) {
+    if (!strcmp(dur, "full")) cfg.durability = WF_DURABILITY_FULL;
+    else if (!strcmp(dur, "normal")) cfg.durability = WF_DURABILITY_NORMAL;
+    else return usage_error("--durability takes full or normal, not '%s'", dur);
+  }
+  if (cache && (parse_int(cache, &cfg.cache_size) || cfg.cache_size == 0))
+    return usage_error("--cache-size takes a number of instances >= 1, not '%s'", cache);
+  if (lvl) {
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    int k = 0;
+    while (k < 4 && strcmp(lvl, names[k])) k++;
+    if (k == 4) return usage_error("--log-level takes debug, info, warn or error, not '%s'", lvl);
+    cfg.log_level = (wf_log_level)k;
+  }
+
+  int nplugins = 0;
+  for (int i = 0; i < c->nopts; i++) nplugins += !strcmp(c->opts[i].name, "--plugin");
+  void **plugins = calloc((size_t)nplugins + 1, sizeof *plugins);
+  if (!plugins) abort();
+
+  runner r = {0};
+  int st = EXIT_FAIL, rc = wf_host_open(c->db, &cfg, &r.h);
+  if (rc != WF_OK) {
+    fail_host(r.h, rc);
+    goto done;
+  }
+  for (int i = 0, k = 0; i < c->nopts; i++)
+    if (!strcmp(c->opts[i].name, "--plugin") && load_plugin(r.h, c->opts[i].value, &plugins[k++])) goto done;
+  rc = wf_load_dir(r.h, dir);
+  if (rc != WF_OK) {
+    if (rc == WF_LUA) {
+      fprintf(stderr, "wfhost: cannot load the workflows in %s:\n%s\n", dir, wf_errmsg(r.h));
+    } else {
+      fail_host(r.h, rc);
+    }
+    goto done;
+  }
+
+  uv_loop_t *loop = wf_host_loop(r.h);
+  uv_signal_init(loop, &r.sigint);
+  uv_signal_init(loop, &r.sigterm);
+  r.sigint.data = r.sigterm.data = &r;
+  uv_signal_start(&r.sigint, on_stop_signal, SIGINT);
+  uv_signal_start(&r.sigterm, on_stop_signal, SIGTERM);
+  fprintf(stderr, "wfhost: running workflows from %s on %s (pid %ld)\n", dir, c->db, (long)getpid());
+  rc = wf_host_run(r.h);
+  /* Closed before wf_host_close(), which runs the loop until every handle is closed. */
+  uv_close((uv_handle_t *)&r.sigint, NULL);
+  uv_close((uv_handle_t *)&r.sigterm, NULL);
+  if (rc != WF_OK) fail_host(r.h, rc);
+  else st = EXIT_OK;
+
+done:
+  wf_host_close(r.h);
+  for (int k = 0; k < nplugins; k++)
+    if (plugins[k]) dlclose(plugins[k]);
+  free(plugins);
+  if (st == EXIT_OK) fprintf(stderr, "wfhost: stopped\n");
+  return st;
+}
+
+/* ---- the command table and main ------------------------------------------------------------- */
+
+static const char *const run_opts[] = {"--workflows", "--plugin", "--durability", "--cache-size",
+                                       "--log-level", NULL};
+static const char *const start_opts[] = {"--id", NULL};
+static const char *const list_opts[] = {"--status", "--workflow", "--limit", NULL};
+static const char *const no_opts[] = {NULL};
+
+static const command commands[] = {
+  {"run", cmd_run, 0, 0, run_opts,
+   "run [--workflows DIR] [--plugin FILE.so]... [--durability full|normal] [--cache-size N] "
+   "[--log-level LEVEL]",
+   "run the host: execute instances until SIGINT or SIGTERM",
+   "Opens the database as its host (one host per database), loads the actions of each plugin and\n"
+   "the workflow files of DIR, and runs instances until SIGINT or SIGTERM; the host then commits\n"
+   "the work at hand and exits 0. A second signal exits at once (work not yet committed is redone\n"
+   "by the next host). Log lines go to stderr.\n\n"
+   "Options:\n"
+   "  --workflows DIR        the workflow files, *.lua directly in DIR (default ./workflows)\n"
+   "  --plugin FILE.so       a shared object exporting int wfhost_plugin_init(wf_host *h), which\n"
+   "                         registers actions; repeatable\n"
+   "  --durability MODE      full (default): a committed step survives power loss;\n"
+   "                         normal: survives a crash of the process, faster on slow disks\n"
+   "  --cache-size N         live coroutines kept in memory (default 10000)\n"
+   "  --log-level LEVEL      debug, info (default), warn or error\n\n"
+   "Example:\n"
+   "  wfhost --db /var/lib/wfhost/prod.db run --workflows ./workflows --plugin ./myactions.so\n"},
+  {"start", cmd_start, 1, 2, start_opts, "start WORKFLOW [JSON] [--id ID]",
+   "start an instance of a workflow and print its id",
+   "Starts an instance of WORKFLOW with JSON as its input (default null; '-' reads it from stdin)\n"
+   "and prints the instance id. The request is durable when the command returns; the host runs it\n"
+   "within its poll interval. Starting an ID that exists starts nothing (a note says so on stderr).\n\n"
+   "Options:\n"
+   "  --id ID   the instance id (default: a generated UUID); 1 to 128 bytes, no spaces\n\n"
+   "Example:\n"
+   "  wfhost start invoice_approval '{\"id\":\"INV-7\",\"amount\":120}' --id inv-7\n"},
+  {"signal", cmd_signal, 2, 3, no_opts, "signal ID EVENT [JSON]", "send an event to an instance",
+   "Sends EVENT with JSON data (default null; '-' reads it from stdin) to instance ID. The event\n"
+   "waits in the instance's durable inbox until a ctx:wait_for takes it.\n\n"
+   "Example:\n"
+   "  wfhost signal inv-7 Approve '{\"user\":\"ann\"}'\n"},
+  {"cancel", cmd_cancel_retry, 1, 1, no_opts, "cancel ID", "ask an instance to cancel",
+   "Requests cancellation of instance ID: the workflow gets a `cancelled` error at its current\n"
+   "yield point and may run its compensations.\n\n"
+   "Example:\n"
+   "  wfhost cancel inv-7\n"},
+  {"retry", cmd_cancel_retry, 1, 1, no_opts, "retry ID", "resume a suspended instance",
+   "Resumes suspended instance ID by replaying it with the workflow code the host has loaded now\n"
+   "(after a determinism diff was fixed, a missing action was registered, ...).\n\n"
+   "Example:\n"
+   "  wfhost retry inv-7\n"},
+  {"list", cmd_list, 0, 0, list_opts, "list [--status STATUS] [--workflow NAME] [--limit N]",
+   "list instances, newest first",
+   "Lists instances, newest first, as a table (with --json: an array of objects).\n\n"
+   "Options:\n"
+   "  --status STATUS   pending, running, waiting, completed, failed, cancelled or suspended\n"
+   "  --workflow NAME   only instances of this workflow\n"
+   "  --limit N         at most N instances (default 0: all)\n\n"
+   "Example:\n"
+   "  wfhost list --status suspended --limit 20\n"},
+  {"show", cmd_show, 1, 1, no_opts, "show ID", "show an instance and its history",
+   "Shows instance ID (status, state, input, data, output or error) and its history, one line per\n"
+   "journal entry. With --json: one object including the full history.\n\n"
+   "Example:\n"
+   "  wfhost show inv-7\n"},
+  {"check", cmd_check, 0, 1, no_opts, "check [DIR]", "check workflow files without running them",
+   "Checks the workflow files in DIR (default ./workflows): syntax, that each file returns a\n"
+   "definition, duplicate names. Prints 'ok: DIR', or each problem as file:line: message on\n"
+   "stderr and exits 1. Needs no database.\n\n"
+   "Example:\n"
+   "  wfhost check ./workflows\n"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void print_global_help(FILE *f) {
+  fprintf(f, "wfhost %s - a durable workflow host\n\n"
+             "Usage: wfhost [--db PATH] [--json] COMMAND [ARGS]\n\nCommands:\n", WFHOST_VERSION);
+  for (size_t i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+  fputs("\nGlobal options (before or after the command):\n"
+        "  --db PATH    the database (default: $WFHOST_DB, else ./wfhost.db)\n"
+        "  --json       machine-readable output on stdout\n"
+        "  -h, --help   this help; 'wfhost COMMAND --help' for a command\n"
+        "  --version    print the version\n\n"
+        "Exit status: 0 success, 1 failure (a 'wfhost: ...' line on stderr), 2 usage error.\n", f);
+}
+
+static void print_command_help(const command *cmd) {
+  printf("Usage: wfhost [--db PATH] [--json] %s\n\n%s", cmd->synopsis, cmd->help);
+}
+
+static const command *find_command(const char *name) {
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (!strcmp(commands[i].name, name)) return &commands[i];
+  return NULL;
+}
+
+static int is_option(const char *a) {
+  /* "-" is stdin and "-5" a JSON number: both are arguments. */
+  return a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9');
+}
+
+/* Parses argv into c. Returns -1 to go on, or an exit status. */
+static int parse(int argc, char **argv, cli *c) {
+  int help = 0, version = 0, only_args = 0, help_cmd = 0;
+  c->pos = calloc((size_t)argc, sizeof *c->pos);
+  c->opts = calloc((size_t)argc, sizeof *c->opts);
+  if (!c->pos || !c->opts) abort();
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (only_args || !is_option(a)) {
+      if (!c->cmd && !help_cmd) {
+        if (!strcmp(a, "help")) {
+          help_cmd = help = 1;
+          continue;
+        }
+        if (!(c->cmd = find_command(a))) return usage_error("unknown command '%s'", a);
+        prog_cmd = c->cmd->name;
+      } else if (help_cmd && !c->cmd) {
+        if (!(c->cmd = find_command(a))) return usage_error("unknown command '%s'", a);
+        prog_cmd = c->cmd->name;
+      } else {
+        c->pos[c->npos++] = a;
+      }
+      continue;
+    }
+    if (!strcmp(a, "--")) {
+      only_args = 1;
+      continue;
+    }
+    char name[64];
+    const char *eq = strncmp(a, "--", 2) ? NULL : strchr(a, '=');
+    snprintf(name, sizeof name, "%.*s", eq ? (int)(eq - a) : (int)strlen(a), a);
+    if (!strcmp(name, "-h") || !strcmp(name, "--help")) {
+      help = 1;
+      continue;
+    }
+    if (!strcmp(name, "--json") || !strcmp(name, "--version")) {
+      if (eq) return usage_error("%s takes no value", name);
+      if (name[2] == 'j') c->json = 1;
+      else version = 1;
+      continue;
+    }
+    const char *canon = NULL;
+    if (!strcmp(name, "--db")) {
+      canon = "--db";
+    } else if (c->cmd) {
+      for (const char *const *o = c->cmd->opts; *o; o++)
+        if (!strcmp(name, *o)) canon = *o;
+    }
+    if (!canon) return usage_error("unknown option '%s'", name);
+    const char *value = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
+    if (!value) return usage_error("%s needs a value", canon);
+    if (!strcmp(canon, "--db")) c->db = value;
+    else c->opts[c->nopts++] = (opt_val){canon, value};
+  }
+  if (version) {
+    if (c->json) printf("{\"version\":\"%s\"}\n", WFHOST_VERSION);
+    else printf("wfhost %s\n", WFHOST_VERSION);
+    return EXIT_OK;
+  }
+  if (help) {
+    if (c->cmd) print_command_help(c->cmd);
+    else print_global_help(stdout);
+    return EXIT_OK;
+  }
+  if (!c->cmd) return usage_error("no command given");
+  if (c->npos < c->cmd->min_pos)
+    return usage_error("missing arguments (usage: wfhost %s)", c->cmd->synopsis);
+  if (c->npos > c->cmd->max_pos)
+    return usage_error("unexpected argument '%s' (usage: wfhost %s)", c->pos[c->cmd->max_pos], c->cmd->synopsis);
+  if (!c->db && (c->db = getenv("WFHOST_DB")) && !*c->db) c->db = NULL; /* set but empty: unset */
+  if (!c->db) c->db = DEFAULT_DB;
+  if (!*c->db) return usage_error("the database path is empty (--db or WFHOST_DB)");
+  return -1;
+}
+
+int main(int argc, char **argv) {
+  cli c = {0};
+  int st = parse(argc, argv, &c);
+  if (st < 0) st = c.cmd->run(&c);
+  free(c.pos);
+  free(c.opts);
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "wfhost: cannot write the output: %s\n", strerror(errno));
+    if (st == EXIT_OK) st = EXIT_FAIL;
+  }
+  return st;
+}

@@ -1,0 +1,452 @@
+/*
+ * wf_luamod.c — `require "wfhost"`: the public API as a Lua module, so busted specs (and
+ * Lua tools) drive the real engine. It uses only wfhost.h. Built as wfhost.so without
+ * linking liblua: the lua5.4 interpreter that loads it already holds the VM.
+ *
+ *   local wfhost = require "wfhost"
+ *   local h = assert(wfhost.open { db = "t.db", workflows = "workflows", virtual_time = true })
+ *   h:register_action("charge", function(params, call) return { ok = true } end)
+ *   local id = assert(h:start("order", { id = 1 }))
+ *   h:drain()
+ *   print(h:get(id).status)
+ *
+ * Runtime failures return nil, message, code (code is a wf result name such as "not_found");
+ * bad arguments raise. Actions are Lua functions called with (params, call): they return a
+ * result or raise an error ({ code =, message =, retryable = } or a string).
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wfhost.h"
+
+#define HOST_MT "wfhost.host"
+
+typedef struct {
+  wf_host *h;
+  lua_State *cb;    /* a thread of its own for calling actions from the engine */
+  int cb_ref;
+  int actions_ref;  /* name -> Lua function */
+  int json_ref;     /* the cjson module */
+  int64_t vnow;     /* the virtual clock, when enabled */
+  int virtual_time;
+} lhost;
+
+static const char *const rc_names[] = {"ok", "error", "invalid", "not_found", "state", "busy",
+                                       "io", "schema", "misuse", "lua"};
+
+static int push_fail(lua_State *L, lhost *lh, int rc) {
+  lua_pushnil(L);
+  lua_pushstring(L, lh && lh->h ? wf_errmsg(lh->h) : "error");
+  lua_pushstring(L, rc >= 0 && rc <= WF_LUA ? rc_names[rc] : "error");
+  return 3;
+}
+
+static lhost *check_host(lua_State *L) {
+  lhost *lh = luaL_checkudata(L, 1, HOST_MT);
+  if (!lh->h) luaL_error(L, "wfhost: the host is closed");
+  return lh;
+}
+
+/* JSON through cjson in the caller's state. */
+static const char *to_json(lua_State *L, lhost *lh, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_isnoneornil(L, idx)) return NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+  lua_getfield(L, -1, "encode");
+  lua_remove(L, -2);
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 1);
+  return lua_tostring(L, -1); /* left on the stack */
+}
+
+/* cjson 2.1 decodes every number as a float; whole numbers become integers (as in the host),
+ * so a spec compares 2 with 2, not 2.0. */
+static void normalize(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      normalize(L, -1);
+    } else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number n = lua_tonumber(L, -1);
+      lua_Integer i;
+      if (n > -9007199254740992.0 && n < 9007199254740992.0 && lua_numbertointeger(n, &i) && (lua_Number)i == n) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, i);
+        lua_settable(L, idx);
+      }
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static void push_json(lua_State *L, lhost *lh, const char *json) {
+  if (!json) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+  lua_getfield(L, -1, "decode");
+  lua_remove(L, -2);
+  lua_pushstring(L, json);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushstring(L, json);
+  } else if (lua_istable(L, -1)) {
+    normalize(L, -1);
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    lua_Number n = lua_tonumber(L, -1);
+    lua_Integer i;
+    if (lua_numbertointeger(n, &i) && (lua_Number)i == n) {
+      lua_pop(L, 1);
+      lua_pushinteger(L, i);
+    }
+  }
+}
+
+static int64_t virtual_clock(void *ud) { return ((lhost *)ud)->vnow; }
+
+static int64_t opt_int(lua_State *L, int t, const char *k, int64_t def) {
+  lua_getfield(L, t, k);
+  int64_t v = lua_isnil(L, -1) ? def : (int64_t)luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* wfhost.open { db =, workflows =, virtual_time =, now =, seed =, cache_size =,
+ *               instruction_budget =, memory_limit =, max_payload =, durability = "full"|"normal",
+ *               client = bool, log_level = "debug"|"info"|"warn"|"error"|"none" } */
+static int l_open(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "db");
+  const char *db = luaL_checkstring(L, -1);
+  lhost *lh = lua_newuserdatauv(L, sizeof *lh, 0);
+  memset(lh, 0, sizeof *lh);
+  lh->cb_ref = lh->actions_ref = lh->json_ref = LUA_NOREF;
+  luaL_setmetatable(L, HOST_MT);
+  int ud = lua_gettop(L);
+
+  wf_config cfg;
+  wf_config_init(&cfg);
+  lua_getfield(L, 1, "client");
+  cfg.mode = lua_toboolean(L, -1) ? WF_MODE_CLIENT : WF_MODE_HOST;
+  lua_getfield(L, 1, "virtual_time");
+  lh->virtual_time = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  lh->vnow = opt_int(L, 1, "now", 1700000000000);
+  if (lh->virtual_time) {
+    cfg.clock = virtual_clock;
+    cfg.clock_ud = lh;
+  }
+  cfg.seed = (uint64_t)opt_int(L, 1, "seed", 0);
+  cfg.cache_size = (int)opt_int(L, 1, "cache_size", 0);
+  cfg.instruction_budget = opt_int(L, 1, "instruction_budget", 0);
+  cfg.memory_limit = (size_t)opt_int(L, 1, "memory_limit", 0);
+  cfg.max_payload = (size_t)opt_int(L, 1, "max_payload", 0);
+  lua_getfield(L, 1, "durability");
+  if (lua_isstring(L, -1) && !strcmp(lua_tostring(L, -1), "normal")) cfg.durability = WF_DURABILITY_NORMAL;
+  lua_getfield(L, 1, "log_level");
+  const char *ll = lua_tostring(L, -1);
+  cfg.log_level = !ll ? WF_LOG_WARN
+                  : !strcmp(ll, "debug") ? WF_LOG_DEBUG
+                  : !strcmp(ll, "info") ? WF_LOG_INFO
+                  : !strcmp(ll, "error") ? WF_LOG_ERROR
+                  : !strcmp(ll, "none") ? (wf_log_level)99 : WF_LOG_WARN;
+  lua_pop(L, 2);
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  lua_call(L, 1, 1);
+  lh->json_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  lh->actions_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lh->cb = lua_newthread(L);
+  lh->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  int rc = wf_host_open(db, &cfg, &lh->h);
+  if (rc != WF_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, wf_errmsg(lh->h));
+    lua_pushstring(L, rc_names[rc]);
+    wf_host_close(lh->h);
+    lh->h = NULL;
+    return 3;
+  }
+  lua_getfield(L, 1, "workflows");
+  if (lua_isstring(L, -1) && cfg.mode == WF_MODE_HOST) {
+    rc = wf_load_dir(lh->h, lua_tostring(L, -1));
+    if (rc != WF_OK) {
+      lua_pushnil(L);
+      lua_pushstring(L, wf_errmsg(lh->h));
+      lua_pushstring(L, rc_names[rc]);
+      wf_host_close(lh->h);
+      lh->h = NULL;
+      return 3;
+    }
+  }
+  lua_pushvalue(L, ud);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  lhost *lh = luaL_checkudata(L, 1, HOST_MT);
+  if (lh->h) wf_host_close(lh->h);
+  lh->h = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, lh->cb_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lh->actions_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, lh->json_ref);
+  lh->cb_ref = lh->actions_ref = lh->json_ref = LUA_NOREF;
+  return 0;
+}
+
+static int l_load(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_load_dir(lh->h, luaL_checkstring(L, 2));
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_check(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_check_dir(lh->h, luaL_checkstring(L, 2));
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- actions ------------------------------------------------------------------------- */
+
+/* Calls the Lua function registered for the action on the callback thread. */
+static void lua_action(wf_call *c, void *ud) {
+  lhost *lh = ud;
+  lua_State *L = lh->cb;
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->actions_ref);
+  lua_getfield(L, -1, wf_call_action(c));
+  lua_remove(L, -2);
+  push_json(L, lh, wf_call_params(c));
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, wf_call_key(c));
+  lua_setfield(L, -2, "key");
+  lua_pushinteger(L, wf_call_attempt(c));
+  lua_setfield(L, -2, "attempt");
+  lua_pushstring(L, wf_call_instance(c));
+  lua_setfield(L, -2, "instance");
+  lua_pushstring(L, wf_call_action(c));
+  lua_setfield(L, -2, "action");
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "code");
+      lua_getfield(L, -2, "message");
+      lua_getfield(L, -3, "retryable");
+      wf_call_fail(c, lua_tostring(L, -3) ? lua_tostring(L, -3) : "error",
+                   lua_tostring(L, -2) ? lua_tostring(L, -2) : "", lua_toboolean(L, -1));
+    } else {
+      wf_call_fail(c, "error", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error", 0);
+    }
+    lua_settop(L, 0);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+  lua_getfield(L, -1, "encode");
+  lua_pushvalue(L, -3);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    wf_call_fail(c, "bad_result", lua_tostring(L, -1), 0);
+  } else {
+    wf_call_ok(c, lua_tostring(L, -1));
+  }
+  lua_settop(L, 0);
+}
+
+static int l_register_action(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *name = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int rc = wf_register_action(lh->h, name, lua_action, lh);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->actions_ref);
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- requests ------------------------------------------------------------------------ */
+
+static int l_start(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *wf = luaL_checkstring(L, 2);
+  const char *json = to_json(L, lh, 3);
+  const char *id = luaL_optstring(L, 4, NULL);
+  char out[WF_ID_MAX + 1];
+  int rc = wf_start(lh->h, wf, json, id, out, NULL, NULL);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+static int l_signal(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *id = luaL_checkstring(L, 2);
+  const char *ev = luaL_checkstring(L, 3);
+  const char *json = to_json(L, lh, 4);
+  int rc = wf_signal(lh->h, id, ev, json, NULL, NULL);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_cancel(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_cancel(lh->h, luaL_checkstring(L, 2), NULL, NULL);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_retry(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_retry(lh->h, luaL_checkstring(L, 2), NULL, NULL);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_drain(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_host_drain(lh->h);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* h:advance(ms): moves the virtual clock and runs what fell due. */
+static int l_advance(lua_State *L) {
+  lhost *lh = check_host(L);
+  if (!lh->virtual_time) return luaL_error(L, "wfhost: advance needs open { virtual_time = true }");
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, ms >= 0, 2, "cannot go back in time");
+  lh->vnow += ms;
+  return l_drain(L);
+}
+
+static int l_now(lua_State *L) {
+  lhost *lh = check_host(L);
+  lua_pushinteger(L, lh->vnow);
+  return 1;
+}
+
+/* ---- reads --------------------------------------------------------------------------- */
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  if (!v) return;
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void push_info(lua_State *L, lhost *lh, const wf_info *i) {
+  lua_createtable(L, 0, 12);
+  set_str(L, "id", i->id);
+  set_str(L, "workflow", i->workflow);
+  lua_pushinteger(L, i->version);
+  lua_setfield(L, -2, "version");
+  set_str(L, "status", i->status);
+  set_str(L, "state", i->state);
+  set_str(L, "error", i->error);
+  set_str(L, "waiting_for", i->waiting_for);
+  push_json(L, lh, i->input_json);
+  lua_setfield(L, -2, "input");
+  push_json(L, lh, i->data_json);
+  lua_setfield(L, -2, "data");
+  push_json(L, lh, i->output_json);
+  lua_setfield(L, -2, "output");
+  lua_pushinteger(L, i->created_at);
+  lua_setfield(L, -2, "created_at");
+  lua_pushinteger(L, i->updated_at);
+  lua_setfield(L, -2, "updated_at");
+}
+
+static int l_get(lua_State *L) {
+  lhost *lh = check_host(L);
+  wf_info *i;
+  int rc = wf_get(lh->h, luaL_checkstring(L, 2), &i);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  push_info(L, lh, i);
+  wf_info_free(i);
+  return 1;
+}
+
+static int l_list(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *status = NULL, *workflow = NULL;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "status");
+    lua_getfield(L, 2, "workflow");
+    status = lua_tostring(L, -2);
+    workflow = lua_tostring(L, -1);
+  }
+  wf_info *list;
+  size_t n;
+  int rc = wf_list(lh->h, status, workflow, 0, &list, &n);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    push_info(L, lh, &list[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  wf_info_list_free(list, n);
+  return 1;
+}
+
+static int l_history(lua_State *L) {
+  lhost *lh = check_host(L);
+  wf_history_entry *e;
+  size_t n;
+  int rc = wf_history(lh->h, luaL_checkstring(L, 2), &e, &n);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, e[i].pos);
+    lua_setfield(L, -2, "pos");
+    lua_pushinteger(L, e[i].seq);
+    lua_setfield(L, -2, "seq");
+    set_str(L, "kind", e[i].kind);
+    set_str(L, "name", e[i].name);
+    push_json(L, lh, e[i].data_json);
+    lua_setfield(L, -2, "data");
+    lua_pushinteger(L, e[i].at);
+    lua_setfield(L, -2, "at");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  wf_history_free(e, n);
+  return 1;
+}
+
+static const luaL_Reg host_methods[] = {
+  {"load", l_load},       {"check", l_check},     {"register_action", l_register_action},
+  {"start", l_start},     {"signal", l_signal},   {"cancel", l_cancel},
+  {"retry", l_retry},     {"drain", l_drain},     {"advance", l_advance},
+  {"now", l_now},         {"get", l_get},         {"list", l_list},
+  {"history", l_history}, {"close", l_close},     {NULL, NULL}};
+
+int luaopen_wfhost(lua_State *L);
+int luaopen_wfhost(lua_State *L) {
+  luaL_newmetatable(L, HOST_MT);
+  luaL_newlib(L, host_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, l_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushcfunction(L, l_open);
+  lua_setfield(L, -2, "open");
+  lua_pushstring(L, WFHOST_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

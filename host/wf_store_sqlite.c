@@ -1,0 +1,763 @@
+/*
+ * wf_store_sqlite.c — the SQLite implementation of the store interface (wf_store.h).
+ *
+ * One wf_store is one SQLite connection in WAL mode. The host holds one and writes through
+ * it; client processes (the `wfhost` command) hold their own and write requests, so every
+ * connection waits up to ten seconds for another process's write lock instead of failing.
+ *
+ * Every statement is prepared once at open and reset (with its bindings cleared) before the
+ * function that ran it returns, so a statement never holds a read snapshot or a lock between
+ * calls. Functions that call back into the engine first copy their result rows and reset
+ * the statement, so a callback may call any store function, including the one running.
+ *
+ * Strings returned in wf_info and wf_history_entry are each malloc'd (or NULL) and arrays
+ * are malloc'd, so that wf_info_free() and friends can free them field by field.
+ */
+#include "wf_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+/* Schema migrations: migrations[i] takes a database from user_version i to i + 1. A shipped
+ * migration is never edited; a change to the schema is a new entry at the end. */
+static const char *const migrations[] = {
+    /* 1: everything. Instances keep rowids because their JSON columns can be large; the
+     * tables of small rows are WITHOUT ROWID, one b-tree each, clustered by instance. The
+     * inbox index holds only unconsumed events, which is all a wait ever looks up. */
+    "CREATE TABLE instances (id TEXT NOT NULL PRIMARY KEY, workflow TEXT NOT NULL,"
+    "  version INTEGER NOT NULL, status TEXT NOT NULL, state TEXT, input TEXT NOT NULL,"
+    "  data TEXT NOT NULL, output TEXT, error TEXT, waiting_for TEXT,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE INDEX instances_status ON instances (status, created_at, id);"
+    "CREATE INDEX instances_created ON instances (created_at, id);"
+    "CREATE INDEX instances_workflow ON instances (workflow, created_at, id);"
+    "CREATE TABLE history (instance_id TEXT NOT NULL, pos INTEGER NOT NULL,"
+    "  seq INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT, data TEXT, at INTEGER NOT NULL,"
+    "  PRIMARY KEY (instance_id, pos)) WITHOUT ROWID;"
+    "CREATE TABLE inbox (event_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  instance_id TEXT NOT NULL, name TEXT NOT NULL, data TEXT, at INTEGER NOT NULL,"
+    "  consumed_seq INTEGER);"
+    "CREATE INDEX inbox_pending ON inbox (instance_id, event_id) WHERE consumed_seq IS NULL;"
+    "CREATE TABLE timers (instance_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+    "  due INTEGER NOT NULL, PRIMARY KEY (instance_id, seq)) WITHOUT ROWID;"
+    "CREATE INDEX timers_due ON timers (due);"
+    "CREATE TABLE requests (req_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  instance_id TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL);"
+    "CREATE TABLE catalog (name TEXT NOT NULL, version INTEGER NOT NULL, at INTEGER NOT NULL,"
+    "  PRIMARY KEY (name, version)) WITHOUT ROWID;",
+};
+
+_Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
+               "one migration per schema version");
+
+/* The statements, prepared once at open. The four list variants are indexed by
+ * S_LIST_ALL + (status filter ? 1 : 0) + (workflow filter ? 2 : 0). */
+enum {
+  S_BEGIN, S_COMMIT, S_ROLLBACK, S_DATA_VERSION,
+  S_INSERT_INSTANCE, S_UPDATE_INSTANCE, S_GET_INSTANCE,
+  S_LIST_ALL, S_LIST_STATUS, S_LIST_WORKFLOW, S_LIST_BOTH, S_EACH_INSTANCE,
+  S_APPEND_HISTORY, S_LOAD_HISTORY,
+  S_ADD_EVENT, S_CONSUME_EVENT, S_PENDING_EVENTS, S_EVENTS_AFTER,
+  S_ADD_TIMER, S_DELETE_TIMER, S_EACH_TIMER,
+  S_ADD_REQUEST, S_LIST_REQUESTS, S_DELETE_REQUESTS,
+  S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_CLEAR_CATALOG, S_ADD_CATALOG, S_CATALOG_HAS,
+  S_COUNT
+};
+
+/* The columns read into a wf_info, in the order info_fill() expects. */
+#define INFO_COLS \
+  "SELECT id, workflow, version, status, state, input, data, output, error, waiting_for, " \
+  "created_at, updated_at FROM instances "
+#define NEWEST_FIRST " ORDER BY created_at DESC, id DESC LIMIT ?3"
+
+/* each_instance takes at most this many statuses (there are seven). */
+#define MAX_STATUSES 8
+
+static const char *const stmt_sql[S_COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_DATA_VERSION] = "PRAGMA data_version",
+    [S_INSERT_INSTANCE] =
+        "INSERT INTO instances (id, workflow, version, status, state, input, data, output, "
+        "error, waiting_for, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+        "?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
+    [S_UPDATE_INSTANCE] = "UPDATE instances SET status = ?2, state = ?3, data = ?4, output = ?5, "
+                          "error = ?6, waiting_for = ?7, updated_at = ?8, version = ?9 WHERE id = ?1",
+    [S_GET_INSTANCE] = INFO_COLS "WHERE id = ?1",
+    [S_LIST_ALL] = INFO_COLS NEWEST_FIRST,
+    [S_LIST_STATUS] = INFO_COLS "WHERE status = ?1" NEWEST_FIRST,
+    [S_LIST_WORKFLOW] = INFO_COLS "WHERE workflow = ?2" NEWEST_FIRST,
+    [S_LIST_BOTH] = INFO_COLS "WHERE status = ?1 AND workflow = ?2" NEWEST_FIRST,
+    [S_EACH_INSTANCE] = "SELECT id FROM instances WHERE status IN (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+                        "ORDER BY created_at, id",
+    [S_APPEND_HISTORY] = "INSERT INTO history (instance_id, pos, seq, kind, name, data, at) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [S_LOAD_HISTORY] =
+        "SELECT pos, seq, kind, name, data, at FROM history WHERE instance_id = ?1 ORDER BY pos",
+    [S_ADD_EVENT] = "INSERT INTO inbox (instance_id, name, data, at) VALUES (?1, ?2, ?3, ?4)",
+    [S_CONSUME_EVENT] =
+        "UPDATE inbox SET consumed_seq = ?2 WHERE event_id = ?1 AND consumed_seq IS NULL",
+    [S_PENDING_EVENTS] = "SELECT event_id, instance_id, name, data, at FROM inbox "
+                         "WHERE instance_id = ?1 AND consumed_seq IS NULL ORDER BY event_id",
+    [S_EVENTS_AFTER] = "SELECT event_id, instance_id, name, data, at FROM inbox "
+                       "WHERE event_id > ?1 AND consumed_seq IS NULL ORDER BY event_id",
+    /* sqlite_sequence keeps the largest id ever assigned, even after its row is deleted. */
+    [S_ADD_TIMER] = "INSERT INTO timers (instance_id, seq, due) VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT (instance_id, seq) DO UPDATE SET due = excluded.due",
+    [S_DELETE_TIMER] = "DELETE FROM timers WHERE instance_id = ?1 AND seq = ?2",
+    [S_EACH_TIMER] = "SELECT instance_id, seq, due FROM timers ORDER BY due, instance_id, seq",
+    [S_ADD_REQUEST] = "INSERT INTO requests (instance_id, kind, at) VALUES (?1, ?2, ?3)",
+    [S_LIST_REQUESTS] = "SELECT req_id, instance_id, kind FROM requests ORDER BY req_id",
+    [S_DELETE_REQUESTS] = "DELETE FROM requests WHERE req_id <= ?1",
+    [S_SAVEPOINT] = "SAVEPOINT wf_catalog",
+    [S_RELEASE] = "RELEASE wf_catalog",
+    [S_ROLLBACK_TO] = "ROLLBACK TO wf_catalog",
+    [S_CLEAR_CATALOG] = "DELETE FROM catalog",
+    [S_ADD_CATALOG] = "INSERT OR REPLACE INTO catalog (name, version, at) VALUES (?1, ?2, ?3)",
+    [S_CATALOG_HAS] = "SELECT EXISTS (SELECT 1 FROM catalog WHERE name = ?1), "
+                      "EXISTS (SELECT 1 FROM catalog)",
+};
+
+struct wf_store {
+  sqlite3 *db;                 /* NULL only if sqlite3_open_v2 could not even allocate it */
+  char *path;                  /* the database path, for messages and the lock file */
+  int lock_fd;                 /* the host lock file, -1 until wf_store_lock_host() */
+  int64_t data_version;        /* PRAGMA data_version as last seen by wf_store_changed() */
+  sqlite3_stmt *stmt[S_COUNT]; /* all NULL until open has migrated the schema */
+  char errmsg[4608];           /* the last failure; room for a path of PATH_MAX */
+};
+
+/* Maps an SQLite result code to a wfhost code: the database could not be read or written,
+ * another process holds it, or anything else. */
+static int map_rc(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_CANTOPEN: case SQLITE_NOTADB:
+  case SQLITE_CORRUPT: case SQLITE_READONLY:
+    return WF_IO;
+  case SQLITE_BUSY:
+    return WF_BUSY;
+  default:
+    return WF_ERROR;
+  }
+}
+
+/* Sets the message of the last failure and returns code. */
+static int set_err(wf_store *st, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int set_err(wf_store *st, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(st->errmsg, sizeof st->errmsg, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* Records the failure of operation op with SQLite code rc and the connection's message.
+ * Call it before resetting the failed statement. */
+static int fail(wf_store *st, int rc, const char *op) {
+  return set_err(st, map_rc(rc), "%s: %s", op,
+                 st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+}
+
+static int oom(wf_store *st, const char *op) {
+  return set_err(st, WF_ERROR, "%s: out of memory", op);
+}
+
+/* Returns a statement to its idle state: no snapshot held, no parameter bound. */
+static void finish(sqlite3_stmt *s) {
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+}
+
+/* Binds arguments to parameters 1, 2, ... of s as described by types: 't' a string (NULL
+ * binds SQL NULL; it must stay valid until s is finished), 'I' an int64_t, 'i' an int. On
+ * failure s is finished and the error recorded. */
+static int vbind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types, va_list ap) {
+  int rc = SQLITE_OK;
+  for (int i = 0; types[i] && rc == SQLITE_OK; i++) {
+    if (types[i] == 't')
+      rc = sqlite3_bind_text(s, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC);
+    else if (types[i] == 'I')
+      rc = sqlite3_bind_int64(s, i + 1, va_arg(ap, int64_t));
+    else
+      rc = sqlite3_bind_int(s, i + 1, va_arg(ap, int));
+  }
+  if (rc == SQLITE_OK) return WF_OK;
+  int code = fail(st, rc, op);
+  finish(s);
+  return code;
+}
+
+static int bind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int code = vbind(st, s, op, types, ap);
+  va_end(ap);
+  return code;
+}
+
+/* Runs a bound statement that returns no rows, then finishes it. */
+static int run(wf_store *st, sqlite3_stmt *s, const char *op) {
+  int rc = sqlite3_step(s);
+  int code = rc == SQLITE_DONE || rc == SQLITE_ROW ? WF_OK : fail(st, rc, op);
+  finish(s);
+  return code;
+}
+
+/* Runs a bound query that returns one row of integers, storing its first ncol columns in
+ * out[], then finishes it. */
+static int query_ints(wf_store *st, sqlite3_stmt *s, const char *op, int ncol, int64_t *out) {
+  int rc = sqlite3_step(s);
+  for (int c = 0; c < ncol; c++) out[c] = rc == SQLITE_ROW ? sqlite3_column_int64(s, c) : 0;
+  int code = rc == SQLITE_ROW ? WF_OK : fail(st, rc, op);
+  finish(s);
+  return code;
+}
+
+/* Binds (as bind()) and runs statement idx, which returns no rows. */
+static int exec_stmt(wf_store *st, int idx, const char *op, const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int code = vbind(st, st->stmt[idx], op, types, ap);
+  va_end(ap);
+  return code == WF_OK ? run(st, st->stmt[idx], op) : code;
+}
+
+/* Copies column c of the current row, or returns NULL for SQL NULL; sets *nomem if a
+ * non-NULL value could not be copied. */
+static char *col_dup(sqlite3_stmt *s, int c, int *nomem) {
+  const char *t = (const char *)sqlite3_column_text(s, c);
+  char *p = t ? strdup(t) : NULL;
+  *nomem |= t && !p;
+  return p;
+}
+
+static void info_clear(void *elem) {
+  wf_info *i = elem;
+  char *fields[] = {i->id,        i->workflow,   i->status, i->state,      i->input_json,
+                    i->data_json, i->output_json, i->error,  i->waiting_for};
+  for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) free(fields[k]);
+}
+
+/* Fills a wf_info from the current row of an INFO_COLS query. Returns 0, or -1 out of
+ * memory (with the element cleared). */
+static int info_fill(sqlite3_stmt *s, void *elem) {
+  wf_info *i = elem;
+  int nomem = 0;
+  i->id = col_dup(s, 0, &nomem);
+  i->workflow = col_dup(s, 1, &nomem);
+  i->version = sqlite3_column_int(s, 2);
+  i->status = col_dup(s, 3, &nomem);
+  i->state = col_dup(s, 4, &nomem);
+  i->input_json = col_dup(s, 5, &nomem);
+  i->data_json = col_dup(s, 6, &nomem);
+  i->output_json = col_dup(s, 7, &nomem);
+  i->error = col_dup(s, 8, &nomem);
+  i->waiting_for = col_dup(s, 9, &nomem);
+  i->created_at = sqlite3_column_int64(s, 10);
+  i->updated_at = sqlite3_column_int64(s, 11);
+  if (nomem) info_clear(i);
+  return nomem ? -1 : 0;
+}
+
+static void history_clear(void *elem) {
+  wf_history_entry *e = elem;
+  free(e->kind);
+  free(e->name);
+  free(e->data_json);
+}
+
+static int history_fill(sqlite3_stmt *s, void *elem) {
+  wf_history_entry *e = elem;
+  int nomem = 0;
+  e->pos = sqlite3_column_int64(s, 0);
+  e->seq = sqlite3_column_int64(s, 1);
+  e->kind = col_dup(s, 2, &nomem);
+  e->name = col_dup(s, 3, &nomem);
+  e->data_json = col_dup(s, 4, &nomem);
+  e->at = sqlite3_column_int64(s, 5);
+  if (nomem) history_clear(e);
+  return nomem ? -1 : 0;
+}
+
+/* Reads the rows of a bound query into a malloc'd array of elements of size bytes, each
+ * filled by fill (-1: out of memory, element left cleared), and finishes s. An empty result
+ * is *out == NULL, *n == 0; on failure nothing is returned. */
+static int read_array(wf_store *st, sqlite3_stmt *s, const char *op, size_t size,
+                      int (*fill)(sqlite3_stmt *, void *), void (*clear)(void *), void **out,
+                      size_t *n) {
+  char *list = NULL;
+  size_t count = 0, cap = 0;
+  int rc;
+  *out = NULL;
+  *n = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (count == cap) {
+      size_t ncap = cap ? cap * 2 : 8;
+      char *grown = realloc(list, ncap * size);
+      if (!grown) break;
+      list = grown;
+      cap = ncap;
+    }
+    if (fill(s, list + count * size) != 0) break;
+    count++;
+  }
+  int code = rc == SQLITE_DONE ? WF_OK : rc == SQLITE_ROW ? oom(st, op) : fail(st, rc, op);
+  finish(s);
+  if (code != WF_OK) {
+    for (size_t i = 0; i < count; i++) clear(list + i * size);
+    free(list);
+    return code;
+  }
+  *out = list;
+  *n = count;
+  return WF_OK;
+}
+
+/* A result row copied out of its statement, so that callbacks may re-enter the store (even
+ * the function running) while the caller walks the rows. Unused columns are NULL. */
+#define ROW_MAX_COLS 5 /* the widest query read this way: inbox events */
+typedef struct row {
+  sqlite3_value *v[ROW_MAX_COLS];
+} row;
+
+static void row_clear(void *elem) {
+  for (int c = 0; c < ROW_MAX_COLS; c++) sqlite3_value_free(((row *)elem)->v[c]);
+}
+
+static int row_fill(sqlite3_stmt *s, void *elem) {
+  row *r = elem;
+  int nomem = 0;
+  int ncol = sqlite3_column_count(s);
+  for (int c = 0; c < ROW_MAX_COLS; c++) {
+    r->v[c] = c < ncol ? sqlite3_value_dup(sqlite3_column_value(s, c)) : NULL;
+    nomem |= c < ncol && !r->v[c];
+  }
+  if (nomem) row_clear(r);
+  return nomem ? -1 : 0;
+}
+
+/* Reads all rows of a bound query; free them with rows_free(). */
+static int read_rows(wf_store *st, sqlite3_stmt *s, const char *op, row **out, size_t *n) {
+  void *list;
+  int code = read_array(st, s, op, sizeof(row), row_fill, row_clear, &list, n);
+  *out = list;
+  return code;
+}
+
+static void rows_free(row *rows, size_t n) {
+  for (size_t i = 0; i < n; i++) row_clear(&rows[i]);
+  free(rows);
+}
+
+#define TEXT(r, c) ((const char *)sqlite3_value_text((r).v[c]))
+#define INT(r, c) ((int64_t)sqlite3_value_int64((r).v[c]))
+
+/* Runs sql (setup statements, not a hot path), copying the first column of the first row
+ * into first (if not NULL; "" when there is no row). */
+static int first_cb(void *ud, int ncol, char **vals, char **names) {
+  (void)names;
+  char *first = ud;
+  if (first && first[0] == '\0' && ncol > 0 && vals[0]) snprintf(first, 64, "%s", vals[0]);
+  return 0;
+}
+
+static int exec_sql(wf_store *st, const char *sql, char first[64]) {
+  if (first) first[0] = '\0';
+  return sqlite3_exec(st->db, sql, first_cb, first, NULL);
+}
+
+static int read_user_version(wf_store *st, long *v) {
+  char buf[64];
+  int rc = exec_sql(st, "PRAGMA user_version", buf);
+  *v = rc == SQLITE_OK ? strtol(buf, NULL, 10) : 0;
+  return rc;
+}
+
+static int newer_schema(wf_store *st, long v) {
+  return set_err(st, WF_SCHEMA,
+                 "database %s has schema version %ld, newer than this wfhost supports (%d): "
+                 "upgrade wfhost",
+                 st->path, v, WF_STORE_SCHEMA_VERSION);
+}
+
+/* Applies pending migrations, each in its own write transaction. user_version is read again
+ * under the write lock because another process may be migrating the same file. */
+static int migrate(wf_store *st) {
+  for (;;) {
+    long v;
+    int rc = read_user_version(st, &v);
+    if (rc != SQLITE_OK) return fail(st, rc, "read schema version");
+    if (v > WF_STORE_SCHEMA_VERSION) return newer_schema(st, v);
+    if (v == WF_STORE_SCHEMA_VERSION) return WF_OK;
+    rc = exec_sql(st, "BEGIN IMMEDIATE", NULL);
+    if (rc != SQLITE_OK) return fail(st, rc, "begin migration");
+    rc = read_user_version(st, &v);
+    if (rc == SQLITE_OK && v > WF_STORE_SCHEMA_VERSION) {
+      exec_sql(st, "ROLLBACK", NULL);
+      return newer_schema(st, v);
+    }
+    if (rc == SQLITE_OK && v < WF_STORE_SCHEMA_VERSION) {
+      char set[64];
+      snprintf(set, sizeof set, "PRAGMA user_version = %ld", v + 1);
+      rc = exec_sql(st, migrations[v], NULL);
+      if (rc == SQLITE_OK) rc = exec_sql(st, set, NULL);
+    }
+    if (rc == SQLITE_OK) rc = exec_sql(st, "COMMIT", NULL);
+    if (rc != SQLITE_OK) {
+      int code = set_err(st, map_rc(rc), "migrate database %s to schema version %ld: %s",
+                         st->path, v + 1, sqlite3_errmsg(st->db));
+      exec_sql(st, "ROLLBACK", NULL);
+      return code;
+    }
+  }
+}
+
+static int open_failed(wf_store *st, int rc) {
+  return set_err(st, map_rc(rc), "cannot open database %s: %s", st->path,
+                 st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+}
+
+int wf_store_open(const char *path, wf_durability durability, wf_store **out) {
+  wf_store *st = calloc(1, sizeof *st);
+  *out = st;
+  if (!st) return WF_ERROR;
+  st->lock_fd = -1;
+  if (!path || !*path) return set_err(st, WF_INVALID, "open store: no database path given");
+  if (durability != WF_DURABILITY_FULL && durability != WF_DURABILITY_NORMAL)
+    return set_err(st, WF_INVALID, "open store: unknown durability %d", (int)durability);
+  st->path = strdup(path);
+  if (!st->path) return oom(st, "open store");
+
+  int rc = sqlite3_open_v2(path, &st->db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) return open_failed(st, rc);
+  sqlite3_busy_timeout(st->db, 10000);
+
+  /* Read the version before anything writes to the file: a database from a newer wfhost is
+   * left exactly as it was, and a file that is not a database fails here. */
+  long v;
+  rc = read_user_version(st, &v);
+  if (rc != SQLITE_OK) return open_failed(st, rc);
+  if (v > WF_STORE_SCHEMA_VERSION) return newer_schema(st, v);
+
+  char mode[64];
+  rc = exec_sql(st, "PRAGMA journal_mode = WAL", mode);
+  if (rc != SQLITE_OK) return open_failed(st, rc);
+  if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0)
+    return set_err(st, WF_IO, "cannot use WAL mode on database %s (journal mode stays %s)", path,
+                   mode);
+  /* FULL syncs the WAL on every commit (a committed step survives power loss); NORMAL only
+   * at checkpoints. journal_size_limit truncates a WAL that a long reader let grow. */
+  rc = exec_sql(st,
+                durability == WF_DURABILITY_NORMAL
+                    ? "PRAGMA synchronous = NORMAL; PRAGMA journal_size_limit = 67108864"
+                    : "PRAGMA synchronous = FULL; PRAGMA journal_size_limit = 67108864",
+                NULL);
+  if (rc != SQLITE_OK) return open_failed(st, rc);
+
+  int code = migrate(st);
+  if (code != WF_OK) return code;
+
+  for (int i = 0; i < S_COUNT; i++) {
+    rc = sqlite3_prepare_v3(st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i],
+                            NULL);
+    if (rc != SQLITE_OK) return fail(st, rc, "prepare statement");
+  }
+  wf_store_changed(st);
+  return WF_OK;
+}
+
+void wf_store_close(wf_store *st) {
+  if (!st) return;
+  for (int i = 0; i < S_COUNT; i++) sqlite3_finalize(st->stmt[i]);
+  /* An open transaction is rolled back by the close. */
+  sqlite3_close_v2(st->db);
+  if (st->lock_fd >= 0) close(st->lock_fd);
+  free(st->path);
+  free(st);
+}
+
+const char *wf_store_errmsg(const wf_store *st) {
+  if (!st) return "out of memory";
+  return st->errmsg[0] ? st->errmsg : "no error";
+}
+
+/* The lock is flock() on "<db>.lock": it conflicts between any two open file descriptions,
+ * is released by the kernel when the holder dies, and keeps no state in the database. */
+int wf_store_lock_host(wf_store *st) {
+  if (st->lock_fd >= 0) return WF_OK;
+  size_t len = strlen(st->path) + sizeof ".lock";
+  char *lock_path = malloc(len);
+  if (!lock_path) return oom(st, "lock host");
+  snprintf(lock_path, len, "%s.lock", st->path);
+  int fd = open(lock_path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int code = set_err(st, WF_IO, "cannot open lock file %s: %s", lock_path, strerror(errno));
+    free(lock_path);
+    return code;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno, code;
+    if (e == EWOULDBLOCK) {
+      char pid[32] = "";
+      if (pread(fd, pid, sizeof pid - 1, 0) <= 0) pid[0] = '\0';
+      pid[strspn(pid, "0123456789")] = '\0';
+      code = set_err(st, WF_BUSY, "another wfhost host is running on %s (pid %s)", st->path,
+                     pid[0] ? pid : "unknown");
+    } else {
+      code = set_err(st, WF_IO, "cannot lock %s: %s", lock_path, strerror(e));
+    }
+    close(fd);
+    free(lock_path);
+    return code;
+  }
+  free(lock_path);
+  /* The pid only serves a rival's message, so failing to write it does not fail the lock. */
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  ssize_t written = ftruncate(fd, 0) == 0 ? pwrite(fd, buf, (size_t)n, 0) : -1;
+  (void)written;
+  st->lock_fd = fd;
+  return WF_OK;
+}
+
+int wf_store_begin(wf_store *st) {
+  return run(st, st->stmt[S_BEGIN], "begin transaction");
+}
+
+/* A failed COMMIT may leave the transaction open (SQLite rolls back on some errors only), so
+ * it is rolled back here: the connection is then usable and the batch is simply not written. */
+int wf_store_commit(wf_store *st) {
+  sqlite3_stmt *s = st->stmt[S_COMMIT];
+  int rc = sqlite3_step(s);
+  int code = rc == SQLITE_DONE
+                 ? WF_OK
+                 : set_err(st, map_rc(rc), "commit failed: %s", sqlite3_errmsg(st->db));
+  finish(s);
+  if (code != WF_OK) wf_store_rollback(st);
+  return code;
+}
+
+void wf_store_rollback(wf_store *st) {
+  if (!st || !st->db || sqlite3_get_autocommit(st->db)) return;
+  sqlite3_step(st->stmt[S_ROLLBACK]);
+  finish(st->stmt[S_ROLLBACK]);
+}
+
+/* data_version changes when another connection commits, never for this connection's own
+ * commits. */
+int wf_store_changed(wf_store *st) {
+  int64_t v;
+  if (query_ints(st, st->stmt[S_DATA_VERSION], "read data version", 1, &v) != WF_OK) return 0;
+  int changed = v != st->data_version;
+  st->data_version = v;
+  return changed;
+}
+
+int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created) {
+  int code = exec_stmt(st, S_INSERT_INSTANCE, "insert instance", "ttitttttttII", r->id,
+                       r->workflow, r->version, r->status, r->state, r->input, r->data,
+                       r->output, r->error, r->waiting_for, r->created_at, r->updated_at);
+  if (created) *created = code == WF_OK && sqlite3_changes(st->db) > 0;
+  return code;
+}
+
+int wf_store_update_instance(wf_store *st, const wf_instance_rec *r) {
+  int code = exec_stmt(st, S_UPDATE_INSTANCE, "update instance", "tttttttIi", r->id, r->status,
+                       r->state, r->data, r->output, r->error, r->waiting_for, r->updated_at,
+                       r->version);
+  if (code == WF_OK && sqlite3_changes(st->db) == 0)
+    code = set_err(st, WF_NOTFOUND, "update instance: no instance with id %s", r->id);
+  return code;
+}
+
+/* The instance is read as an array of one, so *out is a plain malloc'd wf_info. */
+int wf_store_get_instance(wf_store *st, const char *id, wf_info **out) {
+  const char *op = "get instance";
+  sqlite3_stmt *s = st->stmt[S_GET_INSTANCE];
+  void *found = NULL;
+  size_t n = 0;
+  *out = NULL;
+  int code = bind(st, s, op, "t", id);
+  if (code == WF_OK)
+    code = read_array(st, s, op, sizeof(wf_info), info_fill, info_clear, &found, &n);
+  if (code == WF_OK && n == 0) return set_err(st, WF_NOTFOUND, "no instance with id %s", id);
+  *out = found;
+  return code;
+}
+
+/* An empty result is *out == NULL, *n == 0. */
+int wf_store_list_instances(wf_store *st, const char *status, const char *workflow, int limit,
+                            wf_info **out, size_t *n) {
+  const char *op = "list instances";
+  sqlite3_stmt *s = st->stmt[S_LIST_ALL + (status ? 1 : 0) + (workflow ? 2 : 0)];
+  void *list = NULL;
+  *out = NULL;
+  *n = 0;
+  int code = bind(st, s, op, "tti", status, workflow, limit > 0 ? limit : -1);
+  if (code == WF_OK)
+    code = read_array(st, s, op, sizeof(wf_info), info_fill, info_clear, &list, n);
+  *out = list;
+  return code;
+}
+
+/* statuses may hold at most MAX_STATUSES entries; NULL is an empty list. Unbound
+ * parameters are NULL, which matches no status. */
+int wf_store_each_instance(wf_store *st, const char *const *statuses, wf_store_id_fn fn, void *ud) {
+  const char *op = "list instances by status";
+  sqlite3_stmt *s = st->stmt[S_EACH_INSTANCE];
+  int k = 0;
+  while (statuses && statuses[k]) k++;
+  if (k > MAX_STATUSES)
+    return set_err(st, WF_INVALID, "%s: more than %d statuses", op, MAX_STATUSES);
+  /* Binding static text to an existing parameter cannot fail. */
+  for (int i = 0; i < k; i++) sqlite3_bind_text(s, i + 1, statuses[i], -1, SQLITE_STATIC);
+  row *rows;
+  size_t n;
+  int code = read_rows(st, s, op, &rows, &n);
+  for (size_t i = 0; i < n; i++) fn(ud, TEXT(rows[i], 0));
+  rows_free(rows, n);
+  return code;
+}
+
+int wf_store_append_history(wf_store *st, const char *id, int64_t pos, int64_t seq,
+                            const char *kind, const char *name, const char *data, int64_t at) {
+  return exec_stmt(st, S_APPEND_HISTORY, "append history", "tIItttI", id, pos, seq, kind, name,
+                   data, at);
+}
+
+/* An instance without history (or an unknown one) gives *out == NULL, *n == 0. */
+int wf_store_load_history(wf_store *st, const char *id, wf_history_entry **out, size_t *n) {
+  const char *op = "load history";
+  sqlite3_stmt *s = st->stmt[S_LOAD_HISTORY];
+  void *list = NULL;
+  *out = NULL;
+  *n = 0;
+  int code = bind(st, s, op, "t", id);
+  if (code == WF_OK)
+    code = read_array(st, s, op, sizeof(wf_history_entry), history_fill, history_clear, &list, n);
+  *out = list;
+  return code;
+}
+
+int wf_store_add_event(wf_store *st, const char *id, const char *name, const char *data,
+                       int64_t at, int64_t *event_id) {
+  int code = exec_stmt(st, S_ADD_EVENT, "add event", "tttI", id, name, data, at);
+  if (code == WF_OK && event_id) *event_id = sqlite3_last_insert_rowid(st->db);
+  return code;
+}
+
+/* WF_NOTFOUND if the event does not exist or was consumed already: consuming twice would
+ * deliver one event to two waits. */
+int wf_store_consume_event(wf_store *st, int64_t event_id, int64_t seq) {
+  int code = exec_stmt(st, S_CONSUME_EVENT, "consume event", "II", event_id, seq);
+  if (code == WF_OK && sqlite3_changes(st->db) == 0)
+    code = set_err(st, WF_NOTFOUND, "consume event: event %lld does not exist or was consumed",
+                   (long long)event_id);
+  return code;
+}
+
+/* Runs a bound inbox query and calls fn for each event. */
+static int each_event(wf_store *st, sqlite3_stmt *s, const char *op, wf_store_event_fn fn,
+                      void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, s, op, &rows, &n);
+  for (size_t i = 0; i < n; i++) {
+    wf_event_rec ev = {INT(rows[i], 0), TEXT(rows[i], 1), TEXT(rows[i], 2), TEXT(rows[i], 3),
+                       INT(rows[i], 4)};
+    fn(ud, &ev);
+  }
+  rows_free(rows, n);
+  return code;
+}
+
+int wf_store_pending_events(wf_store *st, const char *id, wf_store_event_fn fn, void *ud) {
+  const char *op = "read pending events";
+  sqlite3_stmt *s = st->stmt[S_PENDING_EVENTS];
+  int code = bind(st, s, op, "t", id);
+  return code == WF_OK ? each_event(st, s, op, fn, ud) : code;
+}
+
+int wf_store_events_after(wf_store *st, int64_t after, wf_store_event_fn fn, void *ud) {
+  const char *op = "read new events";
+  sqlite3_stmt *s = st->stmt[S_EVENTS_AFTER];
+  int code = bind(st, s, op, "I", after);
+  return code == WF_OK ? each_event(st, s, op, fn, ud) : code;
+}
+
+/* Adding a timer that exists moves it to the new due time. */
+int wf_store_add_timer(wf_store *st, const char *id, int64_t seq, int64_t due) {
+  return exec_stmt(st, S_ADD_TIMER, "add timer", "tII", id, seq, due);
+}
+
+/* Deleting a timer that does not exist is not an error. */
+int wf_store_delete_timer(wf_store *st, const char *id, int64_t seq) {
+  return exec_stmt(st, S_DELETE_TIMER, "delete timer", "tI", id, seq);
+}
+
+int wf_store_each_timer(wf_store *st, wf_store_timer_fn fn, void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_EACH_TIMER], "read timers", &rows, &n);
+  for (size_t i = 0; i < n; i++) fn(ud, TEXT(rows[i], 0), INT(rows[i], 1), INT(rows[i], 2));
+  rows_free(rows, n);
+  return code;
+}
+
+int wf_store_add_request(wf_store *st, const char *id, const char *kind, int64_t at) {
+  return exec_stmt(st, S_ADD_REQUEST, "add request", "ttI", id, kind, at);
+}
+
+/* Only the requests handed to fn are deleted, so a request written between the read and
+ * the delete (possible when no transaction is open) is kept for the next call. */
+int wf_store_take_requests(wf_store *st, wf_store_request_fn fn, void *ud) {
+  const char *op = "take requests";
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_LIST_REQUESTS], op, &rows, &n);
+  if (code != WF_OK || n == 0) return code;
+  for (size_t i = 0; i < n; i++) fn(ud, INT(rows[i], 0), TEXT(rows[i], 1), TEXT(rows[i], 2));
+  int64_t last = INT(rows[n - 1], 0);
+  rows_free(rows, n);
+  return exec_stmt(st, S_DELETE_REQUESTS, op, "I", last);
+}
+
+/* Runs in a savepoint so that the catalog is replaced whole or not at all, inside the
+ * caller's transaction or, without one, as a transaction of its own. */
+int wf_store_replace_catalog(wf_store *st, const char *const *names, const int *versions,
+                             size_t n, int64_t at) {
+  const char *op = "replace catalog";
+  int code = run(st, st->stmt[S_SAVEPOINT], op);
+  if (code != WF_OK) return code;
+  code = run(st, st->stmt[S_CLEAR_CATALOG], op);
+  for (size_t i = 0; i < n && code == WF_OK; i++)
+    code = exec_stmt(st, S_ADD_CATALOG, op, "tiI", names[i], versions[i], at);
+  if (code == WF_OK) return run(st, st->stmt[S_RELEASE], op);
+  /* Undo and close the savepoint; the first failure is the one reported. */
+  sqlite3_step(st->stmt[S_ROLLBACK_TO]);
+  finish(st->stmt[S_ROLLBACK_TO]);
+  sqlite3_step(st->stmt[S_RELEASE]);
+  finish(st->stmt[S_RELEASE]);
+  return code;
+}
+
+int wf_store_catalog_has(wf_store *st, const char *name, int *known) {
+  const char *op = "read catalog";
+  sqlite3_stmt *s = st->stmt[S_CATALOG_HAS];
+  int64_t has[2] = {0, 0};
+  int code = bind(st, s, op, "t", name);
+  if (code == WF_OK) code = query_ints(st, s, op, 2, has);
+  *known = has[0] ? 1 : has[1] ? 0 : -1;
+  return code;
+}

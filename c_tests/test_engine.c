@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <uv.h>
 
@@ -28,16 +30,18 @@ static void write_file(const char *name, const char *src) {
 }
 
 static char last_log[4096];
-static int quiet_log_count;
+static int quiet_log_count, replay_count;
 static void log_fn(void *ud, wf_log_level lvl, const char *inst, const char *msg, const char *fields) {
   (void)ud, (void)lvl, (void)inst, (void)fields;
   snprintf(last_log, sizeof last_log, "%s", msg);
   quiet_log_count++;
+  if (!strncmp(msg, "rebuilding by replay", 20)) replay_count++;
 }
 
 static wf_host *open_host(wf_config *extra) {
   wf_config cfg;
   wf_config_init(&cfg);
+  cfg.log_level = WF_LOG_DEBUG;
   if (extra) cfg = *extra;
   cfg.clock = clock_fn;
   cfg.log = log_fn;
@@ -385,6 +389,112 @@ static void test_bad_input(void) {
   wf_host_close(NULL);
 }
 
+/* With a cache of 5 live coroutines, 40 parked instances are evicted and rebuilt by replay
+ * when their event arrives; none runs a step twice. */
+static void test_cache_eviction(void) {
+  write_file("park.lua",
+             "return workflow.define { name = 'park', run = function(ctx, input)\n"
+             "  local r = ctx.actions.echo { i = input.i }\n"
+             "  local ev = ctx:wait_for('go')\n"
+             "  return r.i * 100 + ev.data\n"
+             "end }\n");
+  wf_config cfg;
+  wf_config_init(&cfg);
+  cfg.log_level = WF_LOG_DEBUG;
+  cfg.cache_size = 5;
+  wf_host *h = open_host(&cfg);
+  char id[32], input[32];
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof id, "park-%d", i);
+    snprintf(input, sizeof input, "{\"i\":%d}", i);
+    start(h, "park", input, id);
+  }
+  CHECK(wf_host_drain(h) == WF_OK);
+  replay_count = 0;
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof id, "park-%d", i);
+    snprintf(input, sizeof input, "%d", i);
+    CHECK(wf_signal(h, id, "go", input, NULL, NULL) == WF_OK);
+  }
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(replay_count >= 35);
+  int ok = 0;
+  for (int i = 0; i < 40; i++) {
+    snprintf(id, sizeof id, "park-%d", i);
+    wf_info *in = info_of(h, id);
+    char want[32];
+    snprintf(want, sizeof want, "%d", i * 101);
+    ok += !strcmp(in->status, "completed") && in->output_json && !strcmp(in->output_json, want);
+    wf_info_free(in);
+    CHECK(history_has(h, id, "action", "echo") == 1);
+  }
+  CHECK(ok == 40);
+  wf_host_close(h);
+}
+
+static int done_count, done_failed;
+static void count_done(wf_host *h, int rc, const char *id, void *ud) {
+  (void)h, (void)id, (void)ud;
+  done_count++;
+  if (rc != WF_OK) done_failed++;
+}
+
+/* A full disk: the batch is rolled back, callers are told, the host goes on, and once space
+ * is back the work that was acknowledged completes. */
+static void test_disk_full(void) {
+  write_file("fill.lua",
+             "return workflow.define { name = 'fill', run = function(ctx, input)\n"
+             "  ctx.actions.echo { pad = input.pad }\n"
+             "  ctx:wait_for('go')\n"
+             "  return #input.pad\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  static char input[8200];
+  snprintf(input, sizeof input, "{\"pad\":\"%08000d\"}", 0);
+  done_count = done_failed = 0;
+  CHECK(wf_start(h, "fill", input, "fill-ok", NULL, count_done, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(done_count == 1 && done_failed == 0);
+  CHECK(!strcmp(status_of(h, "fill-ok"), "waiting"));
+
+  /* No more room: every write past the current size of the files fails (EFBIG). */
+  signal(SIGXFSZ, SIG_IGN);
+  struct rlimit old, lim;
+  getrlimit(RLIMIT_FSIZE, &old);
+  struct stat st;
+  char wal[160];
+  snprintf(wal, sizeof wal, "%s-wal", db);
+  off_t size = stat(wal, &st) == 0 ? st.st_size : 0;
+  lim.rlim_cur = (rlim_t)size + 4096;
+  lim.rlim_max = old.rlim_max;
+  setrlimit(RLIMIT_FSIZE, &lim);
+  done_count = done_failed = 0;
+  char id[32];
+  for (int i = 0; i < 20; i++) {
+    snprintf(id, sizeof id, "fill-%d", i);
+    CHECK(wf_start(h, "fill", input, id, NULL, count_done, NULL) == WF_OK);
+  }
+  CHECK(wf_signal(h, "fill-ok", "go", NULL, count_done, NULL) == WF_OK);
+  for (int i = 0; i < 200 && done_count < 21; i++) uv_run(wf_host_loop(h), UV_RUN_ONCE);
+  CHECK(done_count == 21);
+  CHECK(done_failed == 21);
+  CHECK(strstr(wf_errmsg(h), "not stored") != NULL);
+  CHECK(!strcmp(status_of(h, "fill-ok"), "waiting"));
+  CHECK(!strcmp(status_of(h, "fill-3"), "absent"));
+
+  /* Space again: the host recovers by itself, and retried requests go through. */
+  setrlimit(RLIMIT_FSIZE, &old);
+  done_count = done_failed = 0;
+  CHECK(wf_signal(h, "fill-ok", "go", NULL, count_done, NULL) == WF_OK);
+  CHECK(wf_start(h, "fill", input, "fill-3", NULL, count_done, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(done_count == 2 && done_failed == 0);
+  CHECK(!strcmp(status_of(h, "fill-ok"), "completed"));
+  CHECK(!strcmp(status_of(h, "fill-3"), "waiting"));
+  CHECK(history_has(h, "fill-ok", "action", "echo") == 1);
+  wf_host_close(h);
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "%s", test_tmpdir());
   snprintf(wfdir, sizeof wfdir, "%s/workflows", dir);
@@ -398,5 +508,7 @@ int main(void) {
   test_action_errors_and_async();
   test_cancel();
   test_bad_input();
+  test_cache_eviction();
+  test_disk_full();
   TEST_MAIN_END();
 }

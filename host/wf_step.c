@@ -598,6 +598,8 @@ static void build(wf_host *h, wf_instance *in) {
 
   in->seq = 0;
   in->replaying = in->replay_max_seq > 0;
+  if (in->replaying)
+    wf_log(h, WF_LOG_DEBUG, in->id, NULL, "rebuilding by replay (%zu history entries)", in->nhist);
   in->cancel_delivered = 0;
   if (in->is_new) {
     wf_engine_history(h, in, 0, "started", NULL, in->input ? in->input : "null");

@@ -344,6 +344,11 @@ static void test_cancel(void) {
              "  ctx.actions.echo { cleanup = true }\n"
              "  error(err)\n"
              "end }\n");
+  /* Calls an action no host registered: suspended until an operator acts. */
+  write_file("boom2.lua",
+             "return workflow.define { name = 'boom2', run = function(ctx)\n"
+             "  ctx.actions.not_registered {}\n"
+             "end }\n");
   wf_host *h = open_host(NULL);
   start(h, "cx", NULL, "c1");
   CHECK(wf_host_drain(h) == WF_OK);
@@ -356,6 +361,24 @@ static void test_cancel(void) {
   CHECK(history_has(h, "c1", "action", "echo") == 1);
   CHECK(wf_cancel(h, "c1", NULL, NULL) == WF_STATE);
   CHECK(strstr(wf_errmsg(h), "cancelled") != NULL);
+
+  /* Cancelled before it ever ran: it ends at once and runs nothing. */
+  start(h, "cx", NULL, "c2");
+  CHECK(wf_cancel(h, "c2", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "c2"), "cancelled"));
+  CHECK(history_has(h, "c2", "wait", NULL) == 0);
+
+  /* A suspended instance can be cancelled by an operator. */
+  start(h, "boom2", NULL, "c3");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "c3"), "suspended"));
+  CHECK(wf_cancel(h, "c3", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *j = info_of(h, "c3");
+  CHECK(!strcmp(j->status, "cancelled"));
+  CHECK(j->error && strstr(j->error, "cancelled while suspended"));
+  wf_info_free(j);
   wf_host_close(h);
 }
 

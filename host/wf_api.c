@@ -321,6 +321,7 @@ int wf_start(wf_host *h, const char *workflow, const char *input_json, const cha
   int rc = check_payload(h, "the input", input);
   if (rc != WF_OK) return rc;
   char gen[37];
+  int generated = id == NULL;
   if (id) {
     if (!wf_valid_id(id))
       return wf_fail(h, WF_INVALID, "bad instance id '%s': 1 to %d bytes, no spaces or control characters",
@@ -343,7 +344,7 @@ int wf_start(wf_host *h, const char *workflow, const char *input_json, const cha
   }
   wf_status st;
   char *existing = NULL;
-  rc = lookup(h, id, &st, &existing);
+  rc = generated ? WF_NOTFOUND : lookup(h, id, &st, &existing); /* a fresh UUID is new */
   if (rc == WF_OK) {
     int same = !strcmp(existing, workflow);
     free(existing);

@@ -658,13 +658,10 @@ int wf_engine_start(wf_host *h) {
   if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
   store_catalog(h);
   h->started = 1;
-  h->recover_needed = 0;
-  /* The first batch recovers what a previous host left running. */
+  /* The first batch recovers what a previous host left running and takes what other
+   * processes wrote meanwhile. */
+  h->recover_needed = 1;
   h->ext_dirty = 1;
-  if (wf_store_begin(h->st) == WF_OK) {
-    recover(h);
-    wf_store_commit(h->st);
-  }
   uv_idle_start(&h->idle, on_idle);
   if (h->cfg.poll_interval_ms > 0)
     uv_timer_start(&h->poll_timer, on_poll, (uint64_t)h->cfg.poll_interval_ms,

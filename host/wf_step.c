@@ -548,8 +548,23 @@ static void build(wf_host *h, wf_instance *in) {
   lua_State *L = h->L;
   int rc = load(h, in);
   if (rc != WF_OK) {
-    wf_log(h, WF_LOG_ERROR, in->id, NULL, "cannot load instance: %s", wf_store_errmsg(h->st));
+    if (rc == WF_NOTFOUND) {
+      /* A timer or event of an instance that no longer exists: the engine lets it go. */
+      in->status = WF_ST_CANCELLED;
+    } else {
+      wf_log(h, WF_LOG_ERROR, in->id, NULL, "cannot load instance: %s", wf_store_errmsg(h->st));
+    }
     wf_step_free_replay(in);
+    return;
+  }
+  if (in->cancel_requested && (in->is_new || in->status == WF_ST_SUSPENDED)) {
+    /* Nothing runs to receive the cancellation: the instance ends here. */
+    in->cancel_requested = 0;
+    if (in->is_new) wf_engine_history(h, in, 0, "started", NULL, in->input ? in->input : "null");
+    in->is_new = 0;
+    wf_log(h, WF_LOG_INFO, in->id, NULL, "cancelled");
+    end_instance(h, in, WF_ST_CANCELLED, "cancelled", NULL,
+                 wf_strdup(in->status == WF_ST_SUSPENDED ? "cancelled while suspended" : "cancelled before it started"));
     return;
   }
   if (wf_status_final(in->status) || (in->status == WF_ST_SUSPENDED && !in->retry_requested)) {

@@ -299,6 +299,20 @@ static void test_timer_across_restart(void) {
   CHECK(i->output_json && !strcmp(i->output_json, "3899.0") ? 1 : (i->output_json && atof(i->output_json) == 3899.0));
   wf_info_free(i);
   CHECK(history_has(h, "t1", "timer_fired", NULL) == 1);
+
+  /* A zero timeout does not wait: no event buffered means an immediate timeout. */
+  write_file("zero.lua",
+             "return workflow.define { name = 'zero', run = function(ctx)\n"
+             "  local ev, why = ctx:wait_for('x', { timeout = 0 })\n"
+             "  ctx:sleep(0)\n"
+             "  return why\n"
+             "end }\n");
+  CHECK(wf_load_dir(h, wfdir) == WF_OK);
+  start(h, "zero", NULL, "z1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  i = info_of(h, "z1");
+  CHECK(i->output_json && !strcmp(i->output_json, "\"timeout\""));
+  wf_info_free(i);
   wf_host_close(h);
 }
 

@@ -177,6 +177,7 @@ struct wf_host {
   int mem_enforce;      /* refuse allocations past the limit (only while workflow code runs) */
   wf_instance *current; /* the instance whose coroutine is running */
   int trip;             /* 0, or why the running coroutine must stop: 1 budget, 2 memory */
+  int reclaim;          /* a coroutine died of the memory limit: run a full collection */
 
   /* loop */
   uv_loop_t *loop;

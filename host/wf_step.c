@@ -231,6 +231,7 @@ static void finish(wf_host *h, wf_instance *in, int rc) {
   }
   int is_cancel;
   char *msg = error_text(h, in, rc, &is_cancel);
+  if (rc == LUA_ERRMEM || h->trip == 2) h->reclaim = 1; /* collect its garbage after the step */
   if (!(rc == LUA_ERRMEM) && sync_data(h, in) != 0) lua_pop(h->L, 1);
   if (is_cancel) {
     wf_log(h, WF_LOG_INFO, in->id, NULL, "cancelled");
@@ -355,17 +356,19 @@ static int command(wf_host *h, wf_instance *in, int nres) {
   const char *k = lua_tostring(co, -nres);
   if (k) snprintf(kind, sizeof kind, "%s", k);
   char *name = nres >= 2 ? wf_strdup(lua_tostring(co, -nres + 1)) : NULL;
+  /* The argument: JSON params (string) for an action, milliseconds for a sleep or a wait's
+   * timeout (absent: no timeout). */
   size_t arglen = 0;
   char *arg = NULL;
   int64_t argnum = 0;
+  int has_num = 0;
   if (nres >= 3 && lua_type(co, -nres + 2) == LUA_TSTRING) {
     const char *a = lua_tolstring(co, -nres + 2, &arglen);
     arg = wf_xmalloc(arglen + 1);
     memcpy(arg, a, arglen + 1);
   } else if (nres >= 3 && lua_isinteger(co, -nres + 2)) {
     argnum = lua_tointeger(co, -nres + 2);
-  } else if (nres >= 3 && !lua_isnil(co, -nres + 2)) {
-    argnum = -1;
+    has_num = argnum >= 0;
   }
   lua_pop(co, nres);
   int64_t seq = ++in->seq;
@@ -427,17 +430,18 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     in->pend.attempt = 1;
     in->pend.dispatch = 1;
   } else if (!strcmp(kind, "wait")) {
-    int64_t due = argnum > 0 ? now + argnum : (argnum == 0 && nres >= 3 && arg == NULL ? 0 : 0);
+    int64_t due = has_num ? now + argnum : 0;
     char data[96];
-    if (argnum > 0) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
+    if (has_num) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
     else snprintf(data, sizeof data, "{}");
     wf_engine_history(h, in, seq, "wait", name, data);
     if (due) wf_store_add_timer(h->st, in->id, seq, due);
     n = wait_or_take(h, in, seq, name, due);
   } else if (!strcmp(kind, "sleep")) {
-    int64_t due = now + (argnum > 0 ? argnum : 0);
+    int64_t ms = has_num ? argnum : 0;
+    int64_t due = now + ms;
     char data[96];
-    snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", due, argnum > 0 ? argnum : 0);
+    snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", due, ms);
     wf_engine_history(h, in, seq, "sleep", NULL, data);
     wf_store_add_timer(h->st, in->id, seq, due);
     set_pend(in, WF_PEND_SLEEP, seq, NULL, due);
@@ -498,6 +502,10 @@ static void run(wf_host *h, wf_instance *in, int nargs) {
       return;
     }
     finish(h, in, rc);
+    if (h->reclaim) {
+      h->reclaim = 0;
+      lua_gc(h->L, LUA_GCCOLLECT);
+    }
     return;
   }
 }

@@ -62,13 +62,19 @@ static void kill_hook(lua_State *L, lua_Debug *ar) {
   wf_host *h = host_of(L);
   if (!h->trip) h->trip = 1;
   lua_sethook(L, kill_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  char msg[200]; /* lua_pushfstring knows no %zu or %lld */
   if (h->trip == 2) {
     h->mem_enforce = 0; /* room to build the message */
-    luaL_error(L, "memory limit exceeded: the workflow Lua state reached its limit of %zu bytes "
-                  "(config memory_limit)", h->cfg.memory_limit);
+    snprintf(msg, sizeof msg, "memory limit exceeded: the workflow Lua state reached its limit of %zu bytes "
+             "(config memory_limit)", h->cfg.memory_limit);
+  } else {
+    snprintf(msg, sizeof msg, "instruction budget exceeded: more than %lld Lua instructions without "
+             "yielding (an endless loop?) (config instruction_budget)", (long long)h->cfg.instruction_budget);
   }
-  luaL_error(L, "instruction budget exceeded: more than %lld Lua instructions in one step "
-                "(an endless loop?) (config instruction_budget)", (long long)h->cfg.instruction_budget);
+  luaL_where(L, 0); /* inside a hook, level 0 is the function that was running */
+  lua_pushstring(L, msg);
+  lua_concat(L, 2);
+  lua_error(L);
 }
 
 void wf_lua_arm_budget(wf_host *h, lua_State *co) {
@@ -131,6 +137,15 @@ static char *read_file(const char *path, size_t *len) {
   return buf;
 }
 
+/* Makes sure the message on top of L names the file: Lua leaves it out for a binary chunk,
+ * an out-of-memory error, or an error raised through a tail call. */
+static void name_file(lua_State *L, const char *path) {
+  const char *m = lua_tostring(L, -1);
+  if (m && !strncmp(m, path, strlen(path))) return;
+  lua_pushfstring(L, "%s: %s", path, m ? m : "error");
+  lua_remove(L, -2);
+}
+
 /* Loads a file as a text chunk with its own sandboxed _ENV and runs it on L with arg (or no
  * argument). Leaves its first result on L's stack and returns 0, or leaves a message
  * ("path:line: ...") and returns -1. On the main thread (loading workflow files) the
@@ -147,7 +162,10 @@ static int run_file(wf_host *h, lua_State *L, const char *path, const char *arg)
   int rc = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
   free(src);
   lua_remove(L, -2);
-  if (rc != LUA_OK) return -1;
+  if (rc != LUA_OK) {
+    name_file(L, path);
+    return -1;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref);
   lua_getfield(L, -1, "make_env");
   lua_remove(L, -2);
@@ -176,6 +194,7 @@ static int run_file(wf_host *h, lua_State *L, const char *path, const char *arg)
       lua_pop(L, 1);
       lua_pushfstring(L, "%s: raised a non-string error while loading", path);
     }
+    name_file(L, path);
     return -1;
   }
   return 0;
@@ -213,6 +232,15 @@ static int l_sandbox_require(lua_State *L) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushboolean(L, 1);
+  } else if (lua_istable(L, -1)) {
+    /* A module is shared by every instance: read-only, so that none can change it for the
+     * others (or for its own replay). */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref);
+    lua_getfield(L, -1, "readonly");
+    lua_remove(L, -2);
+    lua_insert(L, -2);
+    lua_pushfstring(L, "module '%s'", name);
+    lua_call(L, 2, 1);
   }
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, name);

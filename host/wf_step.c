@@ -179,15 +179,18 @@ static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
     lua_pop(L, 1);
   }
   luaL_traceback(L, co, head, 0);
-  /* Drop the host's own frames: a reader wants the workflow's lines. */
+  /* Drop the host's own frames from the traceback (never the message): a reader wants the
+   * workflow's lines. */
   const char *tb = lua_tostring(L, -1);
+  const char *frames = strstr(tb, "\nstack traceback:\n");
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   for (const char *p = tb; *p;) {
     const char *eol = strchr(p, '\n');
     size_t len = eol ? (size_t)(eol - p + 1) : strlen(p);
-    int host_frame = memmem(p, len, "[wfhost]", 8) != NULL || memmem(p, len, "(...tail calls...)", 18) != NULL ||
-                     memmem(p, len, "[C]: in function 'error'", 24) != NULL;
+    int host_frame = frames && p > frames &&
+                     (memmem(p, len, "[wfhost]", 8) != NULL || memmem(p, len, "(...tail calls...)", 18) != NULL ||
+                      memmem(p, len, "[C]: in function 'error'", 24) != NULL);
     if (!host_frame) luaL_addlstring(&b, p, len);
     p += len;
   }
@@ -477,12 +480,12 @@ done:
 /* ---- the driver --------------------------------------------------------------------- */
 
 static void run(wf_host *h, wf_instance *in, int nargs) {
+  h->trip = 0;
   lua_State *co = in->co;
-  wf_lua_arm_budget(h, co);
   for (;;) {
     int nres = 0;
+    if (!h->trip) wf_lua_arm_budget(h, co); /* the budget is per resume */
     h->current = in;
-    h->trip = 0;
     h->mem_enforce = 1;
     int rc = lua_resume(co, h->L, nargs, &nres);
     h->mem_enforce = 0;

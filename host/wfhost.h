@@ -95,7 +95,10 @@ void wf_config_init(wf_config *cfg);
 int wf_host_open(const char *db_path, const wf_config *cfg, wf_host **out /* OUT */);
 
 /* Stops the host if running, closes every handle it owns and frees it. Work that was not
- * committed is not lost: it is redone from the database by the next host. NULL is a no-op. */
+ * committed is not lost: it is redone from the database by the next host. NULL is a no-op.
+ * On the application's loop, call it outside the loop's callbacks (after uv_run returns):
+ * it runs that loop once without blocking (UV_RUN_NOWAIT) to finish closing its handles.
+ * Action calls still in flight may be completed afterwards; their results are dropped. */
 void wf_host_close(wf_host *h);
 
 /* The message for the last failure on h: never NULL, valid until the next call on h. */

@@ -13,6 +13,8 @@ local note, cjson_module = ...
 local yield = coroutine.yield
 local type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall =
   type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall
+-- Trusted code reads metatables past their __metatable protection.
+local rawgetmetatable = debug.getmetatable
 local floor, huge, concat, sort = math.floor, math.huge, table.concat, table.sort
 
 local M = {}
@@ -52,9 +54,10 @@ function M.decode(s) return normalize(json.decode(s)) end
 ---------------------------------------------------------------------------------------------
 local units = { ms = 1, s = 1000, m = 60000, h = 3600000, d = 86400000 }
 
+-- Called from a ctx method called by the workflow: level 4 is the workflow's line.
 local function bad_duration(d)
   error(("invalid duration %q: use a number of seconds or a string like \"250ms\", \"10s\", " ..
-    "\"5m\", \"72h\", \"7d\""):format(tostring(d)), 3)
+    "\"5m\", \"72h\", \"7d\""):format(type(d) == "string" and d or type(d)), 4)
 end
 
 -- Returns the duration in whole milliseconds.
@@ -79,7 +82,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- Errors raised into workflow code. Structured: code, message, retryable, plus extra fields.
 ---------------------------------------------------------------------------------------------
-local Error = {}
+local Error = { __metatable = false }
 Error.__index = Error
 Error.__tostring = function(e)
   if e.action then
@@ -96,17 +99,28 @@ function M.cancelled_error()
   return new_error { code = "cancelled", message = "the instance was cancelled", retryable = false }
 end
 
--- A readable one-line description of any error value (used by the C driver).
+-- A readable one-line description of any error value (used by the C driver). It runs no
+-- workflow code (no __tostring, no __index): that runs outside any budget.
+local function plain(v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" or t == "boolean" then return tostring(v) end
+  return nil
+end
+
 function M.describe_error(e)
-  if type(e) == "table" then
-    local mt = getmetatable(e)
-    if mt and mt.__tostring then return tostring(e) end
-    if e.message ~= nil then
-      return e.code and ("%s: %s"):format(tostring(e.code), tostring(e.message)) or tostring(e.message)
+  local t = type(e)
+  if t == "string" then return e end
+  if t == "number" then return tostring(e) end
+  if t == "table" then
+    local code, message = plain(rawget(e, "code")), plain(rawget(e, "message"))
+    if message then
+      local action = rawgetmetatable(e) == Error and plain(rawget(e, "action"))
+      if action then return ("action '%s' failed: %s: %s"):format(action, code or "error", message) end
+      return code and ("%s: %s"):format(code, message) or message
     end
   end
-  if type(e) == "string" then return e end
-  return ("(error object is a %s value)"):format(type(e))
+  return ("(error object is a %s value)"):format(t)
 end
 
 -- The error code of an error value, or nil.
@@ -151,7 +165,9 @@ end
 ---------------------------------------------------------------------------------------------
 -- ctx
 ---------------------------------------------------------------------------------------------
-local Ctx = {}
+-- Metatables shared by every instance are protected: one instance must not be able to
+-- change what ctx does for the others.
+local Ctx = { __metatable = false }
 Ctx.__index = Ctx
 
 local function actions_proxy()
@@ -179,7 +195,7 @@ local function actions_proxy()
   })
 end
 
-local Log = {}
+local Log = { __metatable = false }
 Log.__index = Log
 for _, level in ipairs { "debug", "info", "warn", "error" } do
   Log[level] = function(self, msg, fields)
@@ -257,7 +273,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- workflow.define
 ---------------------------------------------------------------------------------------------
-local Definition = {}
+local Definition = { __metatable = false }
 
 function M.define(spec)
   if type(spec) ~= "table" then error("workflow.define expects a table { name, version, run }", 2) end
@@ -278,7 +294,7 @@ function M.define(spec)
   }, Definition)
 end
 
-function M.is_definition(v) return getmetatable(v) == Definition end
+function M.is_definition(v) return rawgetmetatable(v) == Definition end
 
 -- The body of every instance's coroutine. Returns the output as JSON.
 function M.main(run, ctx, input_json)
@@ -317,7 +333,7 @@ local function key_less(a, b)
 end
 
 local function sorted_pairs(t)
-  local mt = getmetatable(t)
+  local mt = rawgetmetatable(t)
   if type(mt) == "table" and mt.__pairs then return mt.__pairs(t) end
   local keys, n = {}, 0
   for k in next, t do n = n + 1; keys[n] = k end
@@ -331,7 +347,7 @@ local function sorted_pairs(t)
 end
 M.sorted_pairs = sorted_pairs
 
-local function readonly(t, what)
+function M.readonly(t, what)
   return setmetatable({}, {
     __index = t,
     __newindex = function(_, k) error(("%s.%s cannot be changed in workflow code"):format(what, tostring(k)), 2) end,
@@ -362,24 +378,40 @@ local unavailable = {
 local function deny_random()
   error("math.random is not deterministic under replay: use ctx:random()", 2)
 end
+local function deny_randomseed()
+  error("math.randomseed is not available: ctx:random() is seeded and recorded by the host", 2)
+end
+
+-- setmetatable without finalizers: Lua runs __gc with hooks off, where no instruction
+-- budget could stop a runaway one.
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in workflows", 2)
+  end
+  return setmetatable(t, mt)
+end
 
 -- Builds the read-only base environment. `print` and `require` are the host's.
 function M.make_base(print_fn, require_fn)
+  local readonly = M.readonly
   local mathlib = copy(math)
-  mathlib.random, mathlib.randomseed = deny_random, deny_random
+  mathlib.random, mathlib.randomseed = deny_random, deny_randomseed
+  local stringlib = copy(string, { dump = true })
+  -- Methods on strings ("x"):upper() come from the string metatable: give it the copy too.
+  rawgetmetatable("").__index = stringlib
   local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = sorted_pairs,
     pcall = pcall, xpcall = xpcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
-    select = select, setmetatable = setmetatable,
+    select = select, setmetatable = safe_setmetatable,
     -- Strings share one metatable whose __index is the host's own string library.
     getmetatable = function(v) if type(v) == "string" then return nil end return getmetatable(v) end,
     tonumber = tonumber, tostring = tostring, type = type, _VERSION = _VERSION,
-    string = readonly(copy(string, { dump = true }), "string"),
+    string = readonly(stringlib, "string"),
     table = readonly(copy(table), "table"),
     math = readonly(mathlib, "math"),
     utf8 = readonly(copy(utf8), "utf8"),
     workflow = readonly({ define = M.define, sorted_pairs = sorted_pairs, null = json.null }, "workflow"),
-    json = readonly({ encode = json.encode, decode = json.decode, null = json.null }, "json"),
+    json = readonly({ encode = json.encode, decode = M.decode, null = json.null }, "json"),
     sorted_pairs = sorted_pairs,
     print = print_fn, require = require_fn,
   }

@@ -76,8 +76,7 @@ int64_t wf_now(wf_host *h) { return h->cfg.clock(h->cfg.clock_ud); }
 
 /* xoshiro256** */
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-uint64_t wf_rand64(wf_host *h) {
-  uint64_t *s = h->rng;
+static uint64_t next64(uint64_t *s) {
   uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
   s[2] ^= s[0];
   s[3] ^= s[1];
@@ -88,20 +87,22 @@ uint64_t wf_rand64(wf_host *h) {
   return r;
 }
 
-static void seed_rng(wf_host *h) {
-  uint64_t seed = h->cfg.seed;
-  if (!seed && getrandom(h->rng, sizeof h->rng, 0) == (ssize_t)sizeof h->rng) return;
-  if (!seed) seed = (uint64_t)real_clock(NULL) ^ (uint64_t)(uintptr_t)h;
+uint64_t wf_rand64(wf_host *h) { return next64(h->rng); }
+
+/* Seeds a generator from seed, or from the OS when seed is 0. */
+static void seed_rng(uint64_t rng[4], uint64_t seed) {
+  if (!seed && getrandom(rng, 4 * sizeof *rng, 0) == (ssize_t)(4 * sizeof *rng)) return;
+  if (!seed) seed = (uint64_t)real_clock(NULL) ^ (uint64_t)(uintptr_t)rng;
   for (int i = 0; i < 4; i++) { /* splitmix64 */
     uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    h->rng[i] = z ^ (z >> 31);
+    rng[i] = z ^ (z >> 31);
   }
 }
 
-void wf_uuid(wf_host *h, char out[37]) {
-  uint64_t a = wf_rand64(h), b = wf_rand64(h);
+void wf_uuid(uint64_t rng[4], char out[37]) {
+  uint64_t a = next64(rng), b = next64(rng);
   a = (a & ~0xf000ull) | 0x4000ull;                       /* version 4 */
   b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull; /* variant 10 */
   snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)((a >> 16) & 0xffff),
@@ -197,7 +198,8 @@ int wf_host_open(const char *db_path, const wf_config *cfg, wf_host **out) {
   if (!h->cfg.clock) h->cfg.clock = real_clock;
   if (!db_path) return wf_fail(h, WF_INVALID, "no database path");
   h->db_path = wf_strdup(db_path);
-  seed_rng(h);
+  seed_rng(h->rng, h->cfg.seed);
+  seed_rng(h->id_rng, 0);
   int rc = wf_store_open(db_path, h->cfg.durability, &h->st);
   if (rc != WF_OK) return wf_fail(h, rc, "%s", h->st ? wf_store_errmsg(h->st) : "cannot open the database");
   if (h->cfg.mode == WF_MODE_HOST) {
@@ -327,7 +329,7 @@ int wf_start(wf_host *h, const char *workflow, const char *input_json, const cha
       return wf_fail(h, WF_INVALID, "bad instance id '%s': 1 to %d bytes, no spaces or control characters",
                      id, WF_ID_MAX);
   } else {
-    wf_uuid(h, gen);
+    wf_uuid(h->id_rng, gen);
     id = gen;
   }
   int version = 0;
@@ -392,8 +394,9 @@ static int check_target(wf_host *h, const char *id, const char *what, int want_s
 int wf_signal(wf_host *h, const char *id, const char *event, const char *data_json, wf_done_fn done, void *ud) {
   if (!h) return WF_MISUSE;
   size_t n = event ? strlen(event) : 0;
-  if (n == 0 || n > 128 || strpbrk(event, "|\n\r\t"))
-    return wf_fail(h, WF_INVALID, "bad event name: 1 to 128 bytes, no '|' or control characters");
+  int bad = n == 0 || n > 128 || strchr(event, '|');
+  for (size_t i = 0; i < n && !bad; i++) bad = (unsigned char)event[i] < 0x20 || event[i] == 0x7f;
+  if (bad) return wf_fail(h, WF_INVALID, "bad event name: 1 to 128 bytes, no '|' or control characters");
   const char *data = data_json ? data_json : "null";
   int rc = check_payload(h, "the event data", data);
   if (rc == WF_OK) rc = check_target(h, id, "more events", 0);
@@ -507,7 +510,6 @@ int wf_host_start(wf_host *h) {
 int wf_host_run(wf_host *h) {
   int rc = wf_host_start(h);
   if (rc != WF_OK) return rc;
-  h->stop_requested = 0;
   uv_run(h->loop, UV_RUN_DEFAULT);
   return WF_OK;
 }
@@ -516,7 +518,7 @@ int wf_host_drain(wf_host *h) {
   int rc = wf_host_start(h);
   if (rc != WF_OK) return rc;
   for (;;) {
-    wf_engine_fire_due(h);
+    wf_engine_poll(h);
     if (!wf_engine_busy(h)) break;
     uv_run(h->loop, UV_RUN_ONCE);
   }
@@ -524,7 +526,5 @@ int wf_host_drain(wf_host *h) {
 }
 
 void wf_host_stop(wf_host *h) {
-  if (!h || !h->loop) return;
-  h->stop_requested = 1;
-  if (!uv_is_active((uv_handle_t *)&h->idle)) uv_stop(h->loop);
+  if (h && h->cfg.mode == WF_MODE_HOST && h->loop) wf_engine_stop(h);
 }

@@ -297,9 +297,13 @@ static void on_wake(uv_timer_t *t) {
   arm_timer(h);
 }
 
-void wf_engine_fire_due(wf_host *h) {
+void wf_engine_poll(wf_host *h) {
   fire_due(h);
   arm_timer(h);
+  if (wf_store_changed(h->st)) {
+    h->ext_dirty = 1;
+    wf_engine_kick(h);
+  }
 }
 
 /* ---- requests ------------------------------------------------------------------------ */
@@ -334,7 +338,9 @@ static void event_arrived(wf_host *h, const char *id, int64_t event_id, const ch
                           const char *data, int64_t at) {
   if (event_id > h->last_event_id) h->last_event_id = event_id;
   wf_instance *in = get_or_stub(h, id);
-  if (in->co) inbox_append(in, event_id, name, data, at);
+  int known = 0;
+  for (wf_event *ev = in->inbox; ev && !known; ev = ev->next) known = ev->id == event_id;
+  if (in->co && !known) inbox_append(in, event_id, name, data, at);
   wf_engine_ready(h, in);
 }
 
@@ -538,7 +544,7 @@ static void run_batch(wf_host *h) {
       if (!in->in_ready && !in->pend.call) instance_free(h, in);
       continue;
     }
-    if (in->pend.dispatch) wf_action_dispatch(h, in);
+    if (in->pend.dispatch && !h->closing) wf_action_dispatch(h, in);
     if (in->co && in->status == WF_ST_WAITING) lru_touch(h, in);
     else lru_remove(h, in);
   }
@@ -580,7 +586,7 @@ static void on_idle(uv_idle_t *idle) {
   if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed) run_batch(h);
   if (!h->ready_head && !h->sub_head && !h->ext_dirty && uv_is_active((uv_handle_t *)&h->idle))
     uv_idle_stop(&h->idle);
-  if (h->stop_requested && !h->ready_head && !h->sub_head) uv_stop(h->loop);
+  if (h->stop_requested && !h->ready_head && !h->sub_head) wf_engine_stop(h);
 }
 
 static void on_poll(uv_timer_t *t) {
@@ -650,17 +656,20 @@ static void store_catalog(wf_host *h) {
 }
 
 int wf_engine_start(wf_host *h) {
+  h->stop_requested = 0;
   if (h->started) return WF_OK;
-  /* The first ingest takes every unconsumed event, including those sent while no host ran:
-   * each wakes its instance, which takes it if it waits for it. */
-  h->last_event_id = 0;
-  int rc = wf_store_each_timer(h->st, load_timer, h);
-  if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
-  store_catalog(h);
+  if (!h->recovered) {
+    /* The first ingest takes every unconsumed event, including those sent while no host
+     * ran: each wakes its instance, which takes it if it waits for it. */
+    h->last_event_id = 0;
+    int rc = wf_store_each_timer(h->st, load_timer, h);
+    if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
+    store_catalog(h);
+    /* The first batch recovers what a previous host left running. */
+    h->recover_needed = 1;
+    h->recovered = 1;
+  }
   h->started = 1;
-  /* The first batch recovers what a previous host left running and takes what other
-   * processes wrote meanwhile. */
-  h->recover_needed = 1;
   h->ext_dirty = 1;
   uv_idle_start(&h->idle, on_idle);
   if (h->cfg.poll_interval_ms > 0)
@@ -670,6 +679,22 @@ int wf_engine_start(wf_host *h) {
   return WF_OK;
 }
 
+void wf_engine_stop(wf_host *h) {
+  h->stop_requested = 1;
+  if (h->owns_loop) {
+    if (!uv_is_active((uv_handle_t *)&h->idle)) uv_stop(h->loop);
+    return;
+  }
+  /* The application's loop goes on; the host takes no more work until started again. */
+  if (h->in_batch) return;
+  uv_idle_stop(&h->idle);
+  uv_timer_stop(&h->wake_timer);
+  uv_timer_stop(&h->poll_timer);
+  uv_timer_stop(&h->backoff_timer);
+  h->armed_due = 0;
+  h->started = 0;
+}
+
 int wf_engine_busy(wf_host *h) {
   if (h->ready_head || h->sub_head || h->ext_dirty || h->calls || h->recover_needed) return 1;
   return h->nheap && h->heap[0].due <= wf_now(h);
@@ -677,8 +702,16 @@ int wf_engine_busy(wf_host *h) {
 
 static void on_close(uv_handle_t *hd) { (void)hd; }
 
+static void close_any(uv_handle_t *hd, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(hd)) uv_close(hd, NULL);
+}
+
 void wf_engine_shutdown(wf_host *h) {
   h->closing = 1;
+  /* Requests already accepted are committed (and answered) before the host goes; the
+   * actions this last batch asks for are invoked by the next host. */
+  if ((h->sub_head || h->ready_head) && !h->recover_needed) run_batch(h);
   wf_action_detach_all(h);
   if (h->handles_open) {
     uv_close((uv_handle_t *)&h->idle, on_close);
@@ -708,8 +741,10 @@ void wf_engine_shutdown(wf_host *h) {
   free(h->answers);
   h->answers = NULL;
   if (h->owns_loop) {
-    uv_run(h->loop, UV_RUN_DEFAULT);
-    uv_loop_close(h->loop);
+    /* Handles actions left open (a timer for a call that will never be answered) are
+     * closed too, so that closing never waits for them. */
+    uv_walk(h->loop, close_any, NULL);
+    while (uv_loop_close(h->loop) == UV_EBUSY) uv_run(h->loop, UV_RUN_NOWAIT);
     h->owns_loop = 0;
   }
 }

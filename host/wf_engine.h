@@ -188,6 +188,7 @@ struct wf_host {
   uv_timer_t wake_timer;
   uv_timer_t poll_timer;
   int started;
+  int recovered;        /* recovery at the first start is done */
   int stop_requested;
   int in_batch;
   int closing;
@@ -222,6 +223,7 @@ struct wf_host {
   wf_call *calls; /* in flight */
 
   uint64_t rng[4];
+  uint64_t id_rng[4];
 };
 
 /* ---- wf_api.c ---- */
@@ -233,7 +235,9 @@ void *wf_xmalloc(size_t n);
 void *wf_xrealloc(void *p, size_t n);
 int64_t wf_now(wf_host *h);
 uint64_t wf_rand64(wf_host *h);
-void wf_uuid(wf_host *h, char out[37]);
+/* A version 4 UUID from a generator's state: h->rng for ctx:uuid() (seedable for tests),
+ * h->id_rng for instance ids (always seeded by the OS, so a restarted host never repeats). */
+void wf_uuid(uint64_t rng[4], char out[37]);
 int wf_valid_id(const char *id);
 /* Returns s as a quoted JSON string (malloc'd). */
 char *wf_json_quote(const char *s);
@@ -274,8 +278,12 @@ void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kin
 int wf_engine_load_inbox(wf_host *h, wf_instance *in);
 void wf_engine_add_timer(wf_host *h, wf_instance *in, int64_t seq, int64_t due);
 int wf_engine_busy(wf_host *h);
-/* Makes instances whose timers are due ready now (a clock may jump, as a virtual one does). */
-void wf_engine_fire_due(wf_host *h);
+/* wf_host_stop(): on the host's own loop, makes wf_host_run() return after the work at hand
+ * is committed; on the application's loop, stops the host's handles and leaves the loop. */
+void wf_engine_stop(wf_host *h);
+/* Makes ready now what is due: instances whose timers fell due (a clock may jump, as a
+ * virtual one does) and requests other handles wrote to the database. */
+void wf_engine_poll(wf_host *h);
 void wf_instance_free_pend(wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
 wf_event *wf_inbox_take(wf_instance *in, const char *names);

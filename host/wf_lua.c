@@ -236,7 +236,7 @@ static int l_sandbox_require(lua_State *L) {
     /* A module is shared by every instance: read-only, so that none can change it for the
      * others (or for its own replay). */
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref);
-    lua_getfield(L, -1, "readonly");
+    lua_getfield(L, -1, "readonly_deep");
     lua_remove(L, -2);
     lua_insert(L, -2);
     lua_pushfstring(L, "module '%s'", name);

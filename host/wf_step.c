@@ -198,6 +198,8 @@ static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
   char *out = wf_strdup(lua_tostring(L, -1));
   size_t n = strlen(out);
   while (n && out[n - 1] == '\n') out[--n] = 0;
+  static const char tail[] = "\nstack traceback:";
+  if (n >= sizeof tail - 1 && !strcmp(out + n - (sizeof tail - 1), tail)) out[n - (sizeof tail - 1)] = 0;
   lua_pop(L, 2);
   return out;
 }
@@ -464,7 +466,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     n = 2;
   } else { /* uuid */
     char u[37];
-    wf_uuid(h, u);
+    wf_uuid(h->rng, u);
     snprintf(buf, sizeof buf, "\"%s\"", u);
     wf_engine_history(h, in, seq, "uuid", NULL, buf);
     lua_pushliteral(co, "value");

@@ -203,9 +203,9 @@ typedef struct wf_info {
 typedef struct wf_history_entry {
   int64_t pos;     /* 1, 2, ... in journal order */
   int64_t seq;     /* the command this entry belongs to (0: the instance itself) */
-  char *kind;      /* started, action, action_result, action_error, wait, event, timeout,
-                      sleep, timer_fired, now, random, uuid, state, cancel_requested,
-                      cancelled, completed, failed, suspended, ... */
+  char *kind;      /* started, action, action_result, action_error, action_lost, wait, event,
+                      timeout, sleep, timer_fired, now, random, uuid, state, cancelled,
+                      completed, failed, suspended */
   char *name;      /* action or event name, or NULL */
   char *data_json; /* JSON, or NULL */
   int64_t at;

@@ -357,6 +357,29 @@ function M.readonly(t, what)
   })
 end
 
+-- A read-only view of a module table and of every table inside it (shared by all instances).
+function M.readonly_deep(t, what)
+  local views = setmetatable({}, { __mode = "k" })
+  local function view(x, name)
+    if type(x) ~= "table" then return x end
+    local v = views[x]
+    if v then return v end
+    v = setmetatable({}, {
+      __index = function(_, k) return view(x[k], name) end,
+      __newindex = function(_, k) error(("%s.%s cannot be changed: modules are shared by every instance"):format(name, tostring(k)), 2) end,
+      __pairs = function()
+        local it, s, c = sorted_pairs(x)
+        return function() local k, val = it(s, c); c = k; if k ~= nil then return k, view(val, name) end end, s, nil
+      end,
+      __len = function() return #x end,
+      __metatable = false,
+    })
+    views[x] = v
+    return v
+  end
+  return view(t, what)
+end
+
 local function copy(t, drop)
   local c = {}
   for k, v in next, t do if not (drop and drop[k]) then c[k] = v end end

@@ -232,21 +232,7 @@ int wf_load_dir(wf_host *h, const char *dir) {
   if (!h) return WF_MISUSE;
   if (h->cfg.mode != WF_MODE_HOST) return wf_fail(h, WF_MISUSE, "workflows are loaded by a host, not a client handle");
   int rc = wf_lua_load_dir(h, dir, 0);
-  if (rc == WF_OK && h->started) {
-    /* Keep the catalog current for clients. */
-    char **names = NULL;
-    int *versions = NULL;
-    size_t n = wf_lua_workflow_names(h, &names, &versions);
-    if (wf_store_begin(h->st) == WF_OK) {
-      if (wf_store_replace_catalog(h->st, (const char *const *)names, versions, n, wf_now(h)) == WF_OK)
-        wf_store_commit(h->st);
-      else
-        wf_store_rollback(h->st);
-    }
-    for (size_t i = 0; i < n; i++) free(names[i]);
-    free(names);
-    free(versions);
-  }
+  if (rc == WF_OK && h->started) wf_engine_store_catalog(h); /* keep it current for clients */
   return rc;
 }
 

@@ -640,7 +640,7 @@ static void load_timer(void *ud, const char *id, int64_t seq, int64_t due) {
   heap_push(ud, id, seq, due);
 }
 
-static void store_catalog(wf_host *h) {
+void wf_engine_store_catalog(wf_host *h) {
   char **names = NULL;
   int *versions = NULL;
   size_t n = wf_lua_workflow_names(h, &names, &versions);
@@ -664,7 +664,7 @@ int wf_engine_start(wf_host *h) {
     h->last_event_id = 0;
     int rc = wf_store_each_timer(h->st, load_timer, h);
     if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
-    store_catalog(h);
+    wf_engine_store_catalog(h);
     /* The first batch recovers what a previous host left running. */
     h->recover_needed = 1;
     h->recovered = 1;

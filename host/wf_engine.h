@@ -267,6 +267,8 @@ size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions);
 int wf_engine_init(wf_host *h);
 void wf_engine_shutdown(wf_host *h);
 int wf_engine_start(wf_host *h);
+/* Records the loaded workflows in the store's catalog, for clients. */
+void wf_engine_store_catalog(wf_host *h);
 void wf_engine_submit(wf_host *h, wf_submit *s);
 wf_instance *wf_engine_find(wf_host *h, const char *id);
 void wf_engine_ready(wf_host *h, wf_instance *in);

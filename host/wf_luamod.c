@@ -299,21 +299,16 @@ static int l_signal(lua_State *L) {
   return 1;
 }
 
-static int l_cancel(lua_State *L) {
+/* h:cancel(id) and h:retry(id). */
+static int request(lua_State *L, int (*fn)(wf_host *, const char *, wf_done_fn, void *)) {
   lhost *lh = check_host(L);
-  int rc = wf_cancel(lh->h, luaL_checkstring(L, 2), NULL, NULL);
+  int rc = fn(lh->h, luaL_checkstring(L, 2), NULL, NULL);
   if (rc != WF_OK) return push_fail(L, lh, rc);
   lua_pushboolean(L, 1);
   return 1;
 }
-
-static int l_retry(lua_State *L) {
-  lhost *lh = check_host(L);
-  int rc = wf_retry(lh->h, luaL_checkstring(L, 2), NULL, NULL);
-  if (rc != WF_OK) return push_fail(L, lh, rc);
-  lua_pushboolean(L, 1);
-  return 1;
-}
+static int l_cancel(lua_State *L) { return request(L, wf_cancel); }
+static int l_retry(lua_State *L) { return request(L, wf_retry); }
 
 static int l_drain(lua_State *L) {
   lhost *lh = check_host(L);

@@ -98,12 +98,18 @@ static void end_instance(wf_host *h, wf_instance *in, wf_status st, const char *
   wf_step_drop_coroutine(h, in);
 }
 
-static void fail_with(wf_host *h, wf_instance *in, const char *msg) {
-  char *q = wf_json_quote(msg);
-  size_t n = strlen(q) + 16;
+/* {"<key>":"<text>"} (malloc'd), the data of a failed or suspended entry. */
+static char *json_field(const char *key, const char *text) {
+  char *q = wf_json_quote(text);
+  size_t n = strlen(q) + strlen(key) + 8;
   char *data = wf_xmalloc(n);
-  snprintf(data, n, "{\"message\":%s}", q);
+  snprintf(data, n, "{\"%s\":%s}", key, q);
   free(q);
+  return data;
+}
+
+static void fail_with(wf_host *h, wf_instance *in, const char *msg) {
+  char *data = json_field("message", msg);
   wf_log(h, WF_LOG_ERROR, in->id, NULL, "failed: %s", msg);
   end_instance(h, in, WF_ST_FAILED, "failed", data, wf_strdup(msg));
   free(data);
@@ -119,11 +125,7 @@ static void suspend(wf_host *h, wf_instance *in, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  char *q = wf_json_quote(msg);
-  size_t n = strlen(q) + 16;
-  char *data = wf_xmalloc(n);
-  snprintf(data, n, "{\"reason\":%s}", q);
-  free(q);
+  char *data = json_field("reason", msg);
   wf_log(h, WF_LOG_WARN, in->id, NULL, "suspended: %s", msg);
   in->status = WF_ST_SUSPENDED;
   free(in->error);

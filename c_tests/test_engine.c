@@ -566,6 +566,86 @@ static void test_close_and_clients(void) {
   wf_host_close(h);
 }
 
+static int fallback_calls;
+static void action_any(wf_call *c, void *ud) {
+  (void)ud;
+  fallback_calls++;
+  char buf[160];
+  snprintf(buf, sizeof buf, "{\"handled_by\":\"fallback\",\"action\":\"%s\"}", wf_call_action(c));
+  wf_call_ok(c, buf);
+}
+
+/* wf_replay_check replays without effects and reports the first divergence; the fallback
+ * action "*" serves any name without its own function; wf_next_timer shows what is armed. */
+static void test_replay_check(void) {
+  write_file("rc.lua",
+             "return workflow.define { name = 'rc', run = function(ctx, input)\n"
+             "  local a = ctx.actions.anything { x = 1 }\n"
+             "  if input.wait then ctx:wait_for('go', { timeout = '1h' }) end\n"
+             "  return a.action\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  CHECK(wf_register_action(h, "*", action_any, NULL) == WF_OK);
+  start(h, "rc", "{\"wait\":false}", "rc-done");
+  start(h, "rc", "{\"wait\":true}", "rc-wait");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(fallback_calls == 2);
+  wf_info *i = info_of(h, "rc-done");
+  CHECK(i->output_json && !strcmp(i->output_json, "\"anything\""));
+  wf_info_free(i);
+  int64_t due = 0;
+  CHECK(wf_next_timer(h, &due) == WF_OK && due == fake_now + 3600000);
+
+  char *report = (char *)"unset";
+  CHECK(wf_replay_check(h, "rc-done", &report) == WF_OK && report == NULL);
+  CHECK(wf_replay_check(h, "rc-wait", &report) == WF_OK && report == NULL);
+  CHECK(fallback_calls == 2); /* nothing was invoked */
+  CHECK(history_has(h, "rc-done", "action", NULL) == 1);
+
+  /* New code calls another action first: both instances diverge at step 1. */
+  write_file("rc.lua",
+             "return workflow.define { name = 'rc', run = function(ctx, input)\n"
+             "  local a = ctx.actions.other { x = 1 }\n"
+             "  if input.wait then ctx:wait_for('go', { timeout = '1h' }) end\n"
+             "  return a.action\n"
+             "end }\n");
+  CHECK(wf_load_dir(h, wfdir) == WF_OK);
+  CHECK(wf_replay_check(h, "rc-done", &report) == WF_OK && report != NULL);
+  CHECK(report && strstr(report, "step 1: history has action `anything`, the code now calls action `other`"));
+  free(report);
+  /* Code that ends where the history went on. */
+  write_file("rc.lua",
+             "return workflow.define { name = 'rc', run = function(ctx, input)\n"
+             "  return 'early'\n"
+             "end }\n");
+  CHECK(wf_load_dir(h, wfdir) == WF_OK);
+  CHECK(wf_replay_check(h, "rc-wait", &report) == WF_OK && report != NULL);
+  CHECK(report && strstr(report, "the code now returns"));
+  free(report);
+  /* Code that goes on where the history completed. */
+  write_file("rc.lua",
+             "return workflow.define { name = 'rc', run = function(ctx, input)\n"
+             "  local a = ctx.actions.anything { x = 1 }\n"
+             "  ctx:sleep(1)\n"
+             "  return a.action\n"
+             "end }\n");
+  CHECK(wf_load_dir(h, wfdir) == WF_OK);
+  CHECK(wf_replay_check(h, "rc-done", &report) == WF_OK && report != NULL);
+  CHECK(report && strstr(report, "history ends with the instance completed after step 1, the code now calls sleep"));
+  free(report);
+  /* Nothing was written by any check, and the live instance is untouched. */
+  CHECK(!strcmp(status_of(h, "rc-done"), "completed"));
+  CHECK(!strcmp(status_of(h, "rc-wait"), "waiting"));
+  CHECK(history_has(h, "rc-done", "suspended", NULL) == 0);
+  CHECK(wf_replay_check(h, "ghost", &report) == WF_NOTFOUND);
+
+  char snap[200];
+  snprintf(snap, sizeof snap, "%s/snap.db", dir);
+  CHECK(wf_snapshot(h, snap) == WF_OK);
+  CHECK(wf_snapshot(h, snap) != WF_OK); /* it exists */
+  wf_host_close(h);
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "%s", test_tmpdir());
   snprintf(wfdir, sizeof wfdir, "%s/workflows", dir);
@@ -582,5 +662,6 @@ int main(void) {
   test_cache_eviction();
   test_disk_full();
   test_close_and_clients();
+  test_replay_check();
   TEST_MAIN_END();
 }

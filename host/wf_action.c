@@ -14,10 +14,16 @@
 
 #include "wf_engine.h"
 
-wf_action *wf_action_find(wf_host *h, const char *name) {
+static wf_action *find_exact(wf_host *h, const char *name) {
   for (wf_action *a = h->actions; a; a = a->next)
     if (!strcmp(a->name, name)) return a;
   return NULL;
+}
+
+/* The action registered under name, else the fallback "*", else NULL. */
+wf_action *wf_action_find(wf_host *h, const char *name) {
+  wf_action *a = find_exact(h, name);
+  return a ? a : find_exact(h, "*");
 }
 
 static int valid_action_name(const char *name) {
@@ -29,10 +35,10 @@ static int valid_action_name(const char *name) {
 int wf_register_action(wf_host *h, const char *name, wf_action_fn fn, void *ud) {
   if (!h) return WF_MISUSE;
   if (h->cfg.mode != WF_MODE_HOST) return wf_fail(h, WF_MISUSE, "actions are registered on a host, not a client handle");
-  if (!name || !valid_action_name(name))
+  if (!name || (!valid_action_name(name) && strcmp(name, "*") != 0))
     return wf_fail(h, WF_INVALID, "bad action name '%s': use letters, digits, '_' and '.'", name ? name : "(null)");
   if (!fn) return wf_fail(h, WF_INVALID, "action '%s': the function is NULL", name);
-  wf_action *a = wf_action_find(h, name);
+  wf_action *a = find_exact(h, name);
   if (!a) {
     a = calloc(1, sizeof *a);
     if (!a) abort();

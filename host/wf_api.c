@@ -484,6 +484,27 @@ void wf_history_free(wf_history_entry *e, size_t n) {
   free(e);
 }
 
+int wf_replay_check(wf_host *h, const char *id, char **report) {
+  if (!h) return WF_MISUSE;
+  *report = NULL;
+  if (h->cfg.mode != WF_MODE_HOST) return wf_fail(h, WF_MISUSE, "a replay check needs a host with the workflows loaded");
+  if (h->in_batch) return wf_fail(h, WF_MISUSE, "wf_replay_check cannot run inside an action");
+  return wf_step_replay_check(h, id, report);
+}
+
+int wf_snapshot(wf_host *h, const char *path) {
+  if (!h) return WF_MISUSE;
+  int rc = wf_store_snapshot(h->st, path);
+  return rc == WF_OK ? WF_OK : wf_fail(h, rc, "%s", wf_store_errmsg(h->st));
+}
+
+int wf_next_timer(wf_host *h, int64_t *due) {
+  if (!h || h->cfg.mode != WF_MODE_HOST) return WF_MISUSE;
+  if (!h->nheap) return wf_fail(h, WF_NOTFOUND, "no timer is armed");
+  *due = h->heap[0].due;
+  return WF_OK;
+}
+
 /* ---- running ------------------------------------------------------------------------- */
 
 uv_loop_t *wf_host_loop(wf_host *h) { return h && h->cfg.mode == WF_MODE_HOST ? h->loop : NULL; }

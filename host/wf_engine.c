@@ -101,15 +101,19 @@ static void lru_touch(wf_host *h, wf_instance *in) {
 
 /* Removes an instance from memory. Its durable state is untouched. */
 static void instance_free(wf_host *h, wf_instance *in) {
-  wf_step_drop_coroutine(h, in);
-  if (in->pend.call) in->pend.call->seq = -1;
-  in->pend.call = NULL;
-  wf_instance_free_pend(in);
   lru_remove(h, in);
   wf_instance **pp = &h->buckets[hash_str(in->id) & (h->nbuckets - 1)];
   while (*pp != in) pp = &(*pp)->hnext;
   *pp = in->hnext;
   h->ninstances--;
+  wf_instance_release(h, in);
+}
+
+void wf_instance_release(wf_host *h, wf_instance *in) {
+  wf_step_drop_coroutine(h, in);
+  if (in->pend.call) in->pend.call->seq = -1;
+  in->pend.call = NULL;
+  wf_instance_free_pend(in);
   free(in->id);
   free(in->workflow);
   free(in->input);
@@ -117,6 +121,7 @@ static void instance_free(wf_host *h, wf_instance *in) {
   free(in->data);
   free(in->output);
   free(in->error);
+  free(in->dry_report);
   free(in);
 }
 
@@ -195,6 +200,7 @@ static void note_store_rc(wf_host *h, int rc) {
 
 void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                        const char *data) {
+  if (in->dry) return;
   touch(h, in);
   note_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, wf_now(h)));
 }

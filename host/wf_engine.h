@@ -106,6 +106,9 @@ struct wf_instance {
   char *data;        /* ctx.data as last written, JSON */
   char *output;      /* JSON once completed */
   char *error;       /* failure / suspension text */
+  char *dry_report;  /* a replay check's verdict: NULL while it agrees, else the divergence */
+  int dry_done;
+  wf_status dry_status; /* the status the history ended in */
 
   unsigned loaded : 1;           /* row fields above are known (new, or read from the store) */
   unsigned is_new : 1;           /* no history yet: the next step starts it */
@@ -116,6 +119,7 @@ struct wf_instance {
   unsigned touched : 1;          /* written in the open batch (to undo if the commit fails) */
   unsigned in_ready : 1;
   unsigned in_lru : 1;
+  unsigned dry : 1;              /* a replay check: nothing is written, nothing is invoked */
 
   wf_instance *ready_next;
   wf_instance *lru_prev, *lru_next;
@@ -287,6 +291,8 @@ void wf_engine_stop(wf_host *h);
  * virtual one does) and requests other handles wrote to the database. */
 void wf_engine_poll(wf_host *h);
 void wf_instance_free_pend(wf_instance *in);
+/* Frees an instance that is not (or no longer) in the instance table. */
+void wf_instance_release(wf_host *h, wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
 wf_event *wf_inbox_take(wf_instance *in, const char *names);
 void wf_event_free(wf_event *ev);
@@ -298,6 +304,8 @@ void wf_engine_call_done(wf_host *h, wf_call *c, int ok, char *result_json);
  * that is ready. Builds (or rebuilds by replay) the coroutine first if needed. */
 void wf_step_advance(wf_host *h, wf_instance *in);
 void wf_step_drop_coroutine(wf_host *h, wf_instance *in);
+/* Replays an instance against the loaded code without effects (see wf_replay_check). */
+int wf_step_replay_check(wf_host *h, const char *id, char **report);
 void wf_step_free_replay(wf_instance *in);
 /* The C function behind `note` (state labels, log lines, print). */
 int wf_step_note(lua_State *L);

@@ -125,6 +125,12 @@ static void suspend(wf_host *h, wf_instance *in, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  if (in->dry) {
+    if (!in->dry_report) in->dry_report = wf_strdup(msg);
+    in->dry_done = 1;
+    wf_step_drop_coroutine(h, in);
+    return;
+  }
   char *data = json_field("reason", msg);
   wf_log(h, WF_LOG_WARN, in->id, NULL, "suspended: %s", msg);
   in->status = WF_ST_SUSPENDED;
@@ -206,10 +212,33 @@ static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
   return out;
 }
 
+/* A replay check reached the end of the code: it agrees if the history ended the same way. */
+static void dry_finish(wf_host *h, wf_instance *in, int rc) {
+  int is_cancel = 0;
+  char *msg = rc == LUA_OK ? NULL : error_text(h, in, rc, &is_cancel);
+  wf_status got = rc == LUA_OK ? WF_ST_COMPLETED : WF_ST_FAILED;
+  wf_status was = in->dry_status;
+  int agrees = was == got || (got == WF_ST_FAILED && was == WF_ST_CANCELLED);
+  if (!agrees && !in->dry_report) {
+    char buf[1400];
+    snprintf(buf, sizeof buf, "history has the instance %s after step %" PRId64 ", the code now %s%s%.1000s",
+             wf_status_name(was), in->seq, rc == LUA_OK ? "completes" : "fails", msg ? ": " : "",
+             msg ? msg : "");
+    in->dry_report = wf_strdup(buf);
+  }
+  free(msg);
+  in->dry_done = 1;
+  wf_step_drop_coroutine(h, in);
+}
+
 static void finish(wf_host *h, wf_instance *in, int rc) {
   lua_State *co = in->co;
   if (in->replaying && in->seq < in->replay_max_seq) {
     diverged(h, in, in->seq + 1, rc == LUA_OK ? "returns" : "raises an error");
+    return;
+  }
+  if (in->dry) {
+    dry_finish(h, in, rc);
     return;
   }
   in->replaying = 0;
@@ -408,11 +437,29 @@ static int command(wf_host *h, wf_instance *in, int nres) {
         if (seq == in->replay_max_seq) in->replaying = 0;
         goto done;
       }
+      if (in->dry) { /* it reaches the step it is blocked on: the history agrees */
+        in->dry_done = 1;
+        wf_step_drop_coroutine(h, in);
+        goto done;
+      }
       in->replaying = 0;
       n = rearm(h, in, seq, e);
       goto done;
     }
     in->replaying = 0;
+  }
+  if (in->dry) {
+    /* Past the end of the history: a divergence only if the history says it ended. */
+    if (wf_status_final(in->dry_status) && !in->dry_report) {
+      char does[300];
+      char msg[600];
+      snprintf(msg, sizeof msg, "history ends with the instance %s after step %" PRId64 ", the code now calls %s",
+               wf_status_name(in->dry_status), seq - 1, describe_cmd(kind, name, does, sizeof does));
+      in->dry_report = wf_strdup(msg);
+    }
+    in->dry_done = 1;
+    wf_step_drop_coroutine(h, in);
+    goto done;
   }
 
   /* Live. */
@@ -582,7 +629,7 @@ static void build(wf_host *h, wf_instance *in) {
                  wf_strdup(in->status == WF_ST_SUSPENDED ? "cancelled while suspended" : "cancelled before it started"));
     return;
   }
-  if (wf_status_final(in->status) || (in->status == WF_ST_SUSPENDED && !in->retry_requested)) {
+  if (!in->dry && (wf_status_final(in->status) || (in->status == WF_ST_SUSPENDED && !in->retry_requested))) {
     wf_step_drop_coroutine(h, in);
     return;
   }
@@ -640,6 +687,36 @@ static void build(wf_host *h, wf_instance *in) {
   in->row_dirty = 1;
   run(h, in, 3);
   if (in->co && !in->replaying) wf_step_free_replay(in);
+}
+
+int wf_step_replay_check(wf_host *h, const char *id, char **report) {
+  *report = NULL;
+  wf_instance *in = calloc(1, sizeof *in);
+  if (!in) abort();
+  in->id = wf_strdup(id);
+  in->dry = 1;
+  in->co_ref = in->ctx_ref = LUA_NOREF;
+  in->inbox_tail = &in->inbox;
+  int rc = load(h, in);
+  if (rc != WF_OK) {
+    wf_instance_release(h, in);
+    return rc == WF_NOTFOUND ? wf_fail(h, rc, "no instance '%s'", id) : wf_fail(h, rc, "%s", wf_store_errmsg(h->st));
+  }
+  in->dry_status = in->status;
+  if (in->is_new) { /* never ran: nothing to check */
+    wf_instance_release(h, in);
+    return WF_OK;
+  }
+  /* As the engine would run it, with every effect suppressed. */
+  in->retry_requested = 1;
+  in->cancel_requested = 0;
+  build(h, in);
+  if (!in->dry_done && !in->dry_report)
+    in->dry_report = wf_strdup("the replay did not reach the end of the history (the code parked early)");
+  *report = in->dry_report;
+  in->dry_report = NULL;
+  wf_instance_release(h, in);
+  return WF_OK;
 }
 
 /* Delivers one outcome to a parked instance; returns 1 if it did (and ran the coroutine). */

@@ -113,6 +113,9 @@ int wf_store_delete_timer(wf_store *st, const char *id, int64_t seq);
 typedef void (*wf_store_timer_fn)(void *ud, const char *id, int64_t seq, int64_t due);
 int wf_store_each_timer(wf_store *st, wf_store_timer_fn fn, void *ud);
 
+/* Writes a consistent copy of the database to path (VACUUM INTO for SQLite). */
+int wf_store_snapshot(wf_store *st, const char *path);
+
 /* Requests from other processes: kind is "cancel" or "retry". */
 int wf_store_add_request(wf_store *st, const char *id, const char *kind, int64_t at);
 typedef void (*wf_store_request_fn)(void *ud, int64_t req_id, const char *id, const char *kind);

@@ -761,3 +761,13 @@ int wf_store_catalog_has(wf_store *st, const char *name, int *known) {
   *known = has[0] ? 1 : has[1] ? 0 : -1;
   return code;
 }
+
+int wf_store_snapshot(wf_store *st, const char *path) {
+  sqlite3_stmt *s = NULL;
+  int rc = sqlite3_prepare_v2(st->db, "VACUUM INTO ?1", -1, &s, NULL);
+  if (rc == SQLITE_OK) rc = sqlite3_bind_text(s, 1, path, -1, SQLITE_TRANSIENT);
+  if (rc == SQLITE_OK) rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(st->db);
+  int code = rc == SQLITE_OK ? WF_OK : set_err(st, map_rc(rc), "snapshot to %s: %s", path, sqlite3_errmsg(st->db));
+  sqlite3_finalize(s);
+  return code;
+}

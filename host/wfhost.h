@@ -128,7 +128,9 @@ typedef struct wf_call wf_call;
  * before returning or later from the loop thread. Until then the call's strings stay valid. */
 typedef void (*wf_action_fn)(wf_call *call, void *ud);
 
-/* Registers (or replaces) an action. name: letters, digits, '_' and '.'. */
+/* Registers (or replaces) an action. name: letters, digits, '_' and '.'; or "*" for a fallback
+ * invoked for every action name that has no function of its own (wf_call_action() tells which:
+ * a test kit mocking every action, or an application routing actions to a remote service). */
 int wf_register_action(wf_host *h, const char *name, wf_action_fn fn, void *ud);
 
 const char *wf_call_action(const wf_call *c);   /* the action's name */
@@ -225,6 +227,17 @@ void wf_info_list_free(wf_info *list, size_t n);
 int wf_history(wf_host *h, const char *id, wf_history_entry **out /* OUT */, size_t *n /* OUT */);
 void wf_history_free(wf_history_entry *entries, size_t n);
 
+/* Replays the instance's history against the workflow code loaded now, without invoking
+ * actions or writing anything, and reports the first divergence: *report is NULL when the code
+ * reproduces the history up to where the instance is, else a malloc'd message (free() it), as
+ * "non-determinism at step 3: history has action `notify`, the code now calls action `mail`".
+ * The check to run before deploying changed code for instances in flight. Host mode. */
+int wf_replay_check(wf_host *h, const char *id, char **report /* OUT */);
+
+/* Writes a consistent copy of the database to path (which must not exist), while the host may
+ * keep running: a backup, or a copy to replay histories against new code. */
+int wf_snapshot(wf_host *h, const char *path);
+
 /* ---- Running (host mode) ---------------------------------------------------------------- */
 
 /* The loop the host runs on (its own or the one given in the config). */
@@ -243,6 +256,11 @@ int wf_host_run(wf_host *h);
  * timer, or finished, and no action is in flight. Does not wait for timers. For tests and
  * batch programs. */
 int wf_host_drain(wf_host *h);
+
+/* The due time of the earliest timer the host has armed (*due), or WF_NOTFOUND if none. A timer
+ * whose wait was satisfied meanwhile may still be listed; firing it does nothing. Lets a test
+ * with a virtual clock step from timer to timer. */
+int wf_next_timer(wf_host *h, int64_t *due /* OUT */);
 
 /* Asks wf_host_run() to return after committing the work at hand. Safe from a signal
  * handler? No: call it from the loop thread (e.g. a uv_signal_t callback). */

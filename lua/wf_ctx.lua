@@ -24,6 +24,7 @@ local M = {}
 local json = cjson_module.new()
 json.encode_sparse_array(true)
 json.encode_invalid_numbers(false)
+json.decode_invalid_numbers(false) -- NaN, Infinity and hex are not JSON
 json.encode_max_depth(128)
 json.decode_max_depth(128)
 M.null = json.null

@@ -67,12 +67,19 @@ void wf_action_dispatch(wf_host *h, wf_instance *in) {
   c->next = h->calls;
   if (h->calls) h->calls->prev = c;
   h->calls = c;
+  h->calls_waited++;
   in->pend.call = c;
   if (!a) { /* unregistered since the intent was written */
     wf_call_fail(c, "not_registered", "the action is not registered on this host", 0);
     return;
   }
   a->fn(c, a->ud);
+}
+
+void wf_call_hold(wf_call *c) {
+  if (c->held || !c->host) return;
+  c->held = 1;
+  c->host->calls_waited--;
 }
 
 const char *wf_call_action(const wf_call *c) { return c->name; }
@@ -96,6 +103,7 @@ static wf_host *call_unlink(wf_call *c) {
   if (c->prev) c->prev->next = c->next;
   else h->calls = c->next;
   if (c->next) c->next->prev = c->prev;
+  if (!c->held) h->calls_waited--;
   return h;
 }
 
@@ -143,6 +151,7 @@ void wf_call_fail(wf_call *c, const char *code, const char *message, int retryab
 void wf_action_detach_all(wf_host *h) {
   for (wf_call *c = h->calls; c; c = c->next) c->host = NULL;
   h->calls = NULL;
+  h->calls_waited = 0;
 }
 
 void wf_action_free_all(wf_host *h) {

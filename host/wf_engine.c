@@ -187,8 +187,10 @@ int wf_engine_load_inbox(wf_host *h, wf_instance *in) {
 static void touch(wf_host *h, wf_instance *in) {
   if (in->touched) return;
   in->touched = 1;
-  in->touched_next = h->touched_head;
-  h->touched_head = in;
+  in->touched_next = NULL;
+  if (!h->touched_head) h->touched_tail = &h->touched_head;
+  *h->touched_tail = in;
+  h->touched_tail = &in->touched_next;
 }
 
 static void note_store_rc(wf_host *h, int rc) {
@@ -225,6 +227,10 @@ void wf_engine_ready(wf_host *h, wf_instance *in) {
 
 /* ---- timers -------------------------------------------------------------------------- */
 
+static int timer_before(const wf_timer *a, const wf_timer *b) {
+  return a->due < b->due || (a->due == b->due && a->order < b->order);
+}
+
 static void heap_swap(wf_timer *a, wf_timer *b) {
   wf_timer t = *a;
   *a = *b;
@@ -237,8 +243,8 @@ static void heap_push(wf_host *h, const char *id, int64_t seq, int64_t due) {
     h->heap = wf_xrealloc(h->heap, h->capheap * sizeof *h->heap);
   }
   size_t i = h->nheap++;
-  h->heap[i] = (wf_timer){.due = due, .seq = seq, .id = wf_strdup(id)};
-  while (i && h->heap[(i - 1) / 2].due > h->heap[i].due) {
+  h->heap[i] = (wf_timer){.due = due, .order = h->timers_armed++, .seq = seq, .id = wf_strdup(id)};
+  while (i && timer_before(&h->heap[i], &h->heap[(i - 1) / 2])) {
     heap_swap(&h->heap[(i - 1) / 2], &h->heap[i]);
     i = (i - 1) / 2;
   }
@@ -249,8 +255,8 @@ static wf_timer heap_pop(wf_host *h) {
   h->heap[0] = h->heap[--h->nheap];
   for (size_t i = 0;;) {
     size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < h->nheap && h->heap[l].due < h->heap[m].due) m = l;
-    if (r < h->nheap && h->heap[r].due < h->heap[m].due) m = r;
+    if (l < h->nheap && timer_before(&h->heap[l], &h->heap[m])) m = l;
+    if (r < h->nheap && timer_before(&h->heap[r], &h->heap[m])) m = r;
     if (m == i) break;
     heap_swap(&h->heap[m], &h->heap[i]);
     i = m;
@@ -702,7 +708,7 @@ void wf_engine_stop(wf_host *h) {
 }
 
 int wf_engine_busy(wf_host *h) {
-  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls || h->recover_needed) return 1;
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls_waited || h->recover_needed) return 1;
   return h->nheap && h->heap[0].due <= wf_now(h);
 }
 

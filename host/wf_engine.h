@@ -55,6 +55,7 @@ struct wf_call {
   char *name;
   char *params;
   char key[WF_ID_MAX + 32];
+  int held;             /* wf_call_hold(): drain does not wait for it */
   struct wf_call *next; /* in the host's list of calls in flight */
   struct wf_call *prev;
 };
@@ -131,6 +132,7 @@ struct wf_instance {
  * wake-up, and is checked against the instance when it fires. */
 typedef struct wf_timer {
   int64_t due;
+  uint64_t order; /* arming order: timers due at the same time fire first armed, first */
   int64_t seq;
   char *id;
 } wf_timer;
@@ -204,11 +206,12 @@ struct wf_host {
   size_t nlive; /* instances with a coroutine */
   wf_instance *ready_head, *ready_tail;
   wf_instance *lru_head, *lru_tail; /* parked live instances, least recently used first */
-  wf_instance *touched_head;
+  wf_instance *touched_head, **touched_tail; /* in processing order: effects follow it */
 
   /* timers */
   wf_timer *heap;
   size_t nheap, capheap;
+  uint64_t timers_armed;
   int64_t armed_due;
 
   /* requests and effects */
@@ -225,6 +228,7 @@ struct wf_host {
   /* actions */
   wf_action *actions;
   wf_call *calls; /* in flight */
+  size_t calls_waited; /* in flight and not held: wf_host_drain waits for these */
 
   uint64_t rng[4];
   uint64_t id_rng[4];

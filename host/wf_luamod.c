@@ -14,6 +14,7 @@
  * bad arguments raise. Actions are Lua functions called with (params, call): they return a
  * result or raise an error ({ code =, message =, retryable = } or a string).
  */
+#include <dlfcn.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
@@ -22,6 +23,11 @@
 #include "wfhost.h"
 
 #define HOST_MT "wfhost.host"
+#define CALL_MT "wfhost.call"
+
+/* The sentinel an action function returns to complete its call later, with call:ok(result)
+ * or call:fail(code, message, retryable). */
+static char pending_key;
 
 typedef struct {
   wf_host *h;
@@ -219,15 +225,85 @@ static int l_check(lua_State *L) {
 
 /* ---- actions ------------------------------------------------------------------------- */
 
-/* Calls the Lua function registered for the action on the callback thread. */
+/* A call handle as Lua sees it: completes the call once; a handle collected without being
+ * completed fails its call, so that nothing waits for it forever. */
+typedef struct {
+  wf_call *c;
+  lhost *lh;
+} lcall;
+
+static lcall *check_call(lua_State *L) {
+  lcall *lc = luaL_checkudata(L, 1, CALL_MT);
+  if (!lc->c) luaL_error(L, "wfhost: this call was already completed");
+  return lc;
+}
+
+static void fail_from_value(lua_State *L, wf_call *c, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_istable(L, idx)) {
+    lua_getfield(L, idx, "code");
+    lua_getfield(L, idx, "message");
+    lua_getfield(L, idx, "retryable");
+    wf_call_fail(c, lua_tostring(L, -3) ? lua_tostring(L, -3) : "error",
+                 lua_tostring(L, -2) ? lua_tostring(L, -2) : "", lua_toboolean(L, -1));
+    lua_pop(L, 3);
+  } else {
+    wf_call_fail(c, "error", lua_tostring(L, idx) ? lua_tostring(L, idx) : "error", 0);
+  }
+}
+
+/* call:ok(result) */
+static int l_call_ok(lua_State *L) {
+  lcall *lc = check_call(L);
+  if (!wf_call_host(lc->c)) { /* the host has closed (lc->lh may be gone): drop it */
+    wf_call_fail(lc->c, "closed", "the host has closed", 0);
+    lc->c = NULL;
+    return 0;
+  }
+  lua_settop(L, 2);
+  const char *json = to_json(L, lc->lh, 2);
+  wf_call *c = lc->c;
+  lc->c = NULL;
+  wf_call_ok(c, json);
+  return 0;
+}
+
+/* call:fail({ code =, message =, retryable = }) or call:fail("message") */
+static int l_call_fail(lua_State *L) {
+  lcall *lc = check_call(L);
+  wf_call *c = lc->c;
+  lc->c = NULL;
+  fail_from_value(L, c, 2);
+  return 0;
+}
+
+static int l_call_gc(lua_State *L) {
+  lcall *lc = luaL_checkudata(L, 1, CALL_MT);
+  if (lc->c) wf_call_fail(lc->c, "abandoned", "the test dropped this call without completing it", 1);
+  lc->c = NULL;
+  return 0;
+}
+
+/* Calls the Lua function registered for the action (or for "*") on the callback thread with
+ * (params, call): call.key, call.attempt, call.instance, call.action, call:ok(), call:fail().
+ * Its return value completes the call, an error fails it, and returning wfhost.pending leaves
+ * the call to be completed later through the handle. */
 static void lua_action(wf_call *c, void *ud) {
   lhost *lh = ud;
   lua_State *L = lh->cb;
   lua_settop(L, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lh->actions_ref);
   lua_getfield(L, -1, wf_call_action(c));
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "*");
+  }
   lua_remove(L, -2);
   push_json(L, lh, wf_call_params(c));
+  lcall *lc = lua_newuserdatauv(L, sizeof *lc, 1);
+  lc->c = c;
+  lc->lh = lh;
+  luaL_setmetatable(L, CALL_MT);
   lua_createtable(L, 0, 4);
   lua_pushstring(L, wf_call_key(c));
   lua_setfield(L, -2, "key");
@@ -237,28 +313,39 @@ static void lua_action(wf_call *c, void *ud) {
   lua_setfield(L, -2, "instance");
   lua_pushstring(L, wf_call_action(c));
   lua_setfield(L, -2, "action");
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, "code");
-      lua_getfield(L, -2, "message");
-      lua_getfield(L, -3, "retryable");
-      wf_call_fail(c, lua_tostring(L, -3) ? lua_tostring(L, -3) : "error",
-                   lua_tostring(L, -2) ? lua_tostring(L, -2) : "", lua_toboolean(L, -1));
-    } else {
-      wf_call_fail(c, "error", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error", 0);
-    }
+  lua_setiuservalue(L, -2, 1); /* read through the handle's __index */
+  int rc = lua_pcall(L, 2, 1, 0);
+  int later = rc == LUA_OK && lua_islightuserdata(L, -1) && lua_touserdata(L, -1) == &pending_key;
+  if (!lc->c || later) { /* completed by the function itself, or kept for later */
+    if (lc->c) wf_call_hold(c);
     lua_settop(L, 0);
     return;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
-  lua_getfield(L, -1, "encode");
-  lua_pushvalue(L, -3);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    wf_call_fail(c, "bad_result", lua_tostring(L, -1), 0);
+  lc->c = NULL;
+  if (rc != LUA_OK) {
+    fail_from_value(L, c, -1);
   } else {
-    wf_call_ok(c, lua_tostring(L, -1));
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+    lua_getfield(L, -1, "encode");
+    lua_pushvalue(L, -3);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) wf_call_fail(c, "bad_result", lua_tostring(L, -1), 0);
+    else wf_call_ok(c, lua_tostring(L, -1));
   }
   lua_settop(L, 0);
+}
+
+/* call.key, call.attempt, call.instance, call.action, and the methods. */
+static int l_call_index(lua_State *L) {
+  luaL_checkudata(L, 1, CALL_MT);
+  const char *k = luaL_checkstring(L, 2);
+  if (!strcmp(k, "ok")) lua_pushcfunction(L, l_call_ok);
+  else if (!strcmp(k, "fail")) lua_pushcfunction(L, l_call_fail);
+  else if (!strcmp(k, "done")) lua_pushboolean(L, ((lcall *)lua_touserdata(L, 1))->c == NULL);
+  else {
+    lua_getiuservalue(L, 1, 1);
+    lua_getfield(L, -1, k);
+  }
+  return 1;
 }
 
 static int l_register_action(lua_State *L) {
@@ -421,12 +508,81 @@ static int l_history(lua_State *L) {
   return 1;
 }
 
+/* h:load_plugin(path): real C actions next to Lua ones. The plugin resolves wf_* from this
+ * module, which Lua loaded privately (RTLD_LOCAL): make its symbols global first. */
+static int l_load_plugin(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *path = luaL_checkstring(L, 2);
+  Dl_info self;
+  if (dladdr((void *)l_load_plugin, &self) && self.dli_fname)
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
+  void *so = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!so) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot load plugin %s: %s", path, dlerror());
+    return 2;
+  }
+  wf_plugin_init_fn init = (wf_plugin_init_fn)(uintptr_t)dlsym(so, WF_PLUGIN_INIT_SYMBOL);
+  if (!init) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "plugin %s has no %s function", path, WF_PLUGIN_INIT_SYMBOL);
+    return 2;
+  }
+  int rc = init(lh->h);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* h:replay_check(id) -> true, or false and the first divergence */
+static int l_replay_check(lua_State *L) {
+  lhost *lh = check_host(L);
+  char *report = NULL;
+  int rc = wf_replay_check(lh->h, luaL_checkstring(L, 2), &report);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, report == NULL);
+  if (!report) return 1;
+  lua_pushstring(L, report);
+  free(report);
+  return 2;
+}
+
+static int l_snapshot(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_snapshot(lh->h, luaL_checkstring(L, 2));
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* h:next_timer() -> the earliest armed due time (ms), or nil */
+static int l_next_timer(lua_State *L) {
+  lhost *lh = check_host(L);
+  int64_t due;
+  if (wf_next_timer(lh->h, &due) != WF_OK) return 0;
+  lua_pushinteger(L, due);
+  return 1;
+}
+
+/* h:set_now(ms): sets the virtual clock (forward only) without running anything. */
+static int l_set_now(lua_State *L) {
+  lhost *lh = check_host(L);
+  if (!lh->virtual_time) return luaL_error(L, "wfhost: set_now needs open { virtual_time = true }");
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, ms >= lh->vnow, 2, "cannot go back in time");
+  lh->vnow = ms;
+  return 0;
+}
+
 static const luaL_Reg host_methods[] = {
   {"load", l_load},       {"check", l_check},     {"register_action", l_register_action},
   {"start", l_start},     {"signal", l_signal},   {"cancel", l_cancel},
   {"retry", l_retry},     {"drain", l_drain},     {"advance", l_advance},
   {"now", l_now},         {"get", l_get},         {"list", l_list},
-  {"history", l_history}, {"close", l_close},     {NULL, NULL}};
+  {"history", l_history}, {"close", l_close},     {"replay_check", l_replay_check},
+  {"snapshot", l_snapshot}, {"next_timer", l_next_timer}, {"set_now", l_set_now},
+  {"load_plugin", l_load_plugin},
+  {NULL, NULL}};
 
 int luaopen_wfhost(lua_State *L);
 int luaopen_wfhost(lua_State *L) {
@@ -438,7 +594,15 @@ int luaopen_wfhost(lua_State *L) {
   lua_pushcfunction(L, l_close);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
+  luaL_newmetatable(L, CALL_MT);
+  lua_pushcfunction(L, l_call_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_call_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
   lua_newtable(L);
+  lua_pushlightuserdata(L, &pending_key);
+  lua_setfield(L, -2, "pending");
   lua_pushcfunction(L, l_open);
   lua_setfield(L, -2, "open");
   lua_pushstring(L, WFHOST_VERSION);

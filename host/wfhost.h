@@ -142,6 +142,10 @@ const char *wf_call_key(const wf_call *c);
 int wf_call_attempt(const wf_call *c);          /* 1 for the first attempt */
 wf_host *wf_call_host(const wf_call *c);
 
+/* Tells wf_host_drain() not to wait for this call: the application completes it at a time of
+ * its choosing, outside the loop's own work (a test holding a call to order a race). */
+void wf_call_hold(wf_call *c);
+
 /* Completes the call with a JSON result (NULL means JSON null). The call is freed. */
 void wf_call_ok(wf_call *c, const char *result_json);
 

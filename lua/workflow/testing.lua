@@ -1,0 +1,372 @@
+-- workflow.testing: test workflows with busted against the real engine, on virtual time.
+--
+--   local wt = require "workflow.testing"
+--   local env = wt.env { workflows = "workflows", actions = { notify = function(p) return { sent = true } end } }
+--   local run = env:start("invoice_approval", { id = "inv-1", amount = 500 })
+--   run:signal("Submit", { user = "u1" })
+--   env:advance("72h")
+--   assert.are.equal("completed", run:status())
+--   assert.spy(env.actions.escalate).was.called(1)
+--   env:close()
+--
+-- Each env is an isolated host on a temporary database with its own virtual clock. Every
+-- action a workflow calls is a busted spy: a Lua function given in `actions`, or a default
+-- that returns {} for any other name. Faults can be injected per action (fail_next,
+-- time_out_next, hold/complete). When a spec fails, the timelines of the env's instances are
+-- printed.
+local wfhost = require "wfhost"
+local spy = require "luassert.spy"
+
+local M = {}
+
+-- Durations exactly as workflows read them: the host's own parser, loaded from lua/wf_ctx.lua.
+local ctxlib = assert(loadfile(assert(package.searchpath("wf_ctx", package.path))))(function() end, require "cjson")
+
+local function ms(d)
+  local ok, v = pcall(ctxlib.duration_ms, d)
+  if not ok then error(tostring(v):gsub("^.-: ", ""), 3) end
+  return v
+end
+
+local open_envs = setmetatable({}, { __mode = "k" })
+
+---------------------------------------------------------------------------------------------
+-- Mocked actions
+---------------------------------------------------------------------------------------------
+
+local faults = {
+  transient = { code = "transient", message = "injected transient failure", retryable = true },
+  permanent = { code = "permanent", message = "injected permanent failure", retryable = false },
+  timeout = { code = "timeout", message = "injected timeout", retryable = true },
+}
+
+local function fault(err)
+  if err == nil then return faults.transient end
+  if type(err) == "string" then
+    return faults[err] or { code = "error", message = err, retryable = false }
+  end
+  return err
+end
+
+-- A spy with fault injection. The spy records each call's (params, call); call.key is the
+-- idempotency key, call.attempt the attempt.
+local function new_mock(env, name, impl)
+  local mock
+  mock = spy.new(function(params, call)
+    local f = table.remove(mock._faults, 1)
+    if f then error(f, 0) end
+    if mock._holding then
+      mock._held[#mock._held + 1] = call
+      return wfhost.pending
+    end
+    if impl then return impl(params, call) end
+    return {}
+  end)
+  mock._name, mock._faults, mock._held, mock._holding, mock._env = name, {}, {}, false, env
+
+  -- The next n calls fail with err ("transient", "permanent", or { code, message, retryable }).
+  function mock:fail_next(n, err)
+    for _ = 1, n or 1 do self._faults[#self._faults + 1] = fault(err) end
+    return self
+  end
+  -- The next n calls fail as timed out.
+  function mock:time_out_next(n)
+    return self:fail_next(n, "timeout")
+  end
+  -- From now on, calls are held until :complete() or :fail(), oldest first.
+  function mock:hold()
+    self._holding = true
+    return self
+  end
+  -- Stops holding new calls (held ones stay held until completed).
+  function mock:release()
+    self._holding = false
+    return self
+  end
+  -- The number of calls held now.
+  function mock:held()
+    return #self._held
+  end
+  local function take(self)
+    local call = table.remove(self._held, 1)
+    if not call then error(("action '%s' has no held call"):format(self._name), 3) end
+    return call
+  end
+  -- Completes the oldest held call with result, then runs the workflows until quiet.
+  function mock:complete(result)
+    take(self):ok(result == nil and {} or result)
+    self._env:settle()
+    return self
+  end
+  -- Fails the oldest held call, then runs the workflows until quiet.
+  function mock:fail(err)
+    take(self):fail(fault(err))
+    self._env:settle()
+    return self
+  end
+  -- params and idempotency key of call i (1 = the first).
+  function mock:params(i) return self.calls[i] and self.calls[i].vals[1] end
+  function mock:key(i) return self.calls[i] and self.calls[i].vals[2].key end
+  function mock:attempt(i) return self.calls[i] and self.calls[i].vals[2].attempt end
+  return mock
+end
+
+---------------------------------------------------------------------------------------------
+-- Runs
+---------------------------------------------------------------------------------------------
+
+local Run = {}
+Run.__index = Run
+
+local function get(run)
+  return assert(run.env.h:get(run.id))
+end
+
+function Run:status() return get(self).status end
+function Run:state() return get(self).state end
+function Run:data() return get(self).data end
+function Run:output() return get(self).output end
+function Run:error() return get(self).error end
+-- What the instance waits on ("event Approve|Reject (timeout at ...)", "timer until ...").
+function Run:pending() return get(self).waiting_for end
+function Run:history() return assert(self.env.h:history(self.id)) end
+
+-- Sends an event and runs the workflows until quiet. Returns true, or nil and the error.
+function Run:signal(event, data)
+  local ok, err, code = self.env.h:signal(self.id, event, data)
+  if not ok then return nil, err, code end
+  self.env:settle()
+  return true
+end
+
+function Run:cancel()
+  assert(self.env.h:cancel(self.id))
+  self.env:settle()
+end
+
+function Run:retry()
+  assert(self.env.h:retry(self.id))
+  self.env:settle()
+end
+
+local function brief(v)
+  if v == nil then return "" end
+  local ok, s = pcall(require("cjson").encode, v)
+  s = ok and s or tostring(v)
+  return #s > 90 and s:sub(1, 87) .. "..." or s
+end
+
+-- The history as a readable timeline.
+function Run:timeline()
+  local info = get(self)
+  local lines = { ("instance %s (%s@%d): %s%s"):format(self.id, info.workflow, info.version, info.status,
+    info.state and (", state " .. info.state) or "") }
+  if info.error then lines[#lines + 1] = "  error: " .. info.error:gsub("\n", "\n  ") end
+  local t0 = self.env.t0
+  for _, e in ipairs(self:history()) do
+    lines[#lines + 1] = ("  %4d  +%-10s %4s  %-13s %-16s %s"):format(e.pos, ("%.3fs"):format((e.at - t0) / 1000),
+      e.seq > 0 and tostring(e.seq) or "", e.kind, e.name or "", brief(e.data))
+  end
+  return table.concat(lines, "\n")
+end
+
+Run.__tostring = Run.timeline
+
+---------------------------------------------------------------------------------------------
+-- The env
+---------------------------------------------------------------------------------------------
+
+local Env = {}
+Env.__index = Env
+
+local function tmpdb()
+  local p = os.tmpname()
+  os.remove(p)
+  return p .. ".db"
+end
+
+local function open(env)
+  local h, err = wfhost.open {
+    db = env.db, workflows = env.workflows, virtual_time = true, now = env.clock,
+    seed = env.seed, log_level = env.log_level,
+    instruction_budget = env.instruction_budget, memory_limit = env.memory_limit,
+  }
+  if not h then error("workflow.testing: " .. tostring(err), 3) end
+  env.h = h
+  for _, plugin in ipairs(env.plugins) do assert(h:load_plugin(plugin)) end
+  -- Every action name without a C action of its own goes to its mock.
+  assert(h:register_action("*", function(params, call)
+    return env.actions[call.action](params, call)
+  end))
+  assert(h:drain())
+end
+
+-- wt.env { workflows = "workflows", actions = { name = fn }, plugins = { "x.so" },
+--          now = ms since epoch, seed = n, log_level = "warn" }
+function M.env(opts)
+  opts = opts or {}
+  local env = setmetatable({
+    db = tmpdb(), workflows = opts.workflows or "workflows", plugins = opts.plugins or {},
+    clock = opts.now or 1700000000000, seed = opts.seed or 1, log_level = opts.log_level or "none",
+    instruction_budget = opts.instruction_budget, memory_limit = opts.memory_limit, runs = {},
+  }, Env)
+  env.t0 = env.clock
+  local mocks = {}
+  env.actions = setmetatable({}, {
+    __index = function(_, name)
+      local m = mocks[name]
+      if not m then
+        m = new_mock(env, name, nil)
+        mocks[name] = m
+      end
+      return m
+    end,
+    __newindex = function() error("env.actions: pass implementations to wt.env { actions = ... }", 2) end,
+  })
+  for name, a in pairs(opts.actions or {}) do
+    local fn = a
+    if type(a) == "table" then
+      if a.policy then
+        error(("action '%s': policies (retry, timeout, breaker) are not supported by this host yet"):format(name), 2)
+      end
+      fn = a.fn
+    end
+    if type(fn) ~= "function" then error(("action '%s' must be a function or { fn = function }"):format(name), 2) end
+    mocks[name] = new_mock(env, name, fn)
+  end
+  open(env)
+  open_envs[env] = true
+  return env
+end
+
+-- Runs the workflows until nothing is ready (actions held by a mock stay held).
+function Env:settle()
+  assert(self.h:drain())
+end
+
+-- Starts an instance and runs until quiet; returns its run handle.
+function Env:start(workflow, input, id)
+  local rid, err = self.h:start(workflow, input, id)
+  if not rid then error(err, 2) end
+  self:settle()
+  local run = setmetatable({ env = self, id = rid }, Run)
+  self.runs[#self.runs + 1] = run
+  return run
+end
+
+-- A run handle for an instance of this env's database.
+function Env:run(id)
+  return setmetatable({ env = self, id = id }, Run)
+end
+
+-- Virtual seconds since the epoch.
+function Env:now()
+  return self.h:now() / 1000
+end
+
+-- Moves the virtual clock forward by a duration ("72h", 90), firing timers in due order: the
+-- clock stops at each due time, and the workflows run until quiet, before going on.
+function Env:advance(d)
+  local target = self.h:now() + ms(d)
+  for _ = 1, 1000000 do
+    local due = self.h:next_timer()
+    if not due or due > target then
+      self.h:set_now(target)
+      self:settle()
+      return
+    end
+    if due > self.h:now() then self.h:set_now(due) end
+    self:settle()
+  end
+  error("advance: more than a million timers fell due (a workflow sleeping in a loop?)", 2)
+end
+
+-- Drops every live coroutine: a new host on the same database (a fresh Lua state) rebuilds
+-- every instance by replay. A crash, without waiting for one.
+function Env:restart()
+  local now = self.h:now()
+  self.h:close()
+  self.clock = now
+  open(self)
+end
+
+-- Every instance of the database, newest first.
+function Env:instances()
+  return assert(self.h:list())
+end
+
+function Env:close()
+  open_envs[self] = nil
+  if self.h then self.h:close() end
+  self.h = nil
+  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(self.db .. suffix) end
+end
+
+---------------------------------------------------------------------------------------------
+-- Replay checks
+---------------------------------------------------------------------------------------------
+
+-- Replays every instance of the env against the code loaded now (no actions run, nothing is
+-- written) and fails, with the divergence and the timeline, on the first non-determinism.
+function M.replay_all(env)
+  for _, info in ipairs(env:instances()) do
+    local ok, report = env.h:replay_check(info.id)
+    if not ok then
+      error(("replay of %s diverges: %s\n%s"):format(info.id, tostring(report), env:run(info.id):timeline()), 2)
+    end
+  end
+  return true
+end
+
+-- Replays the histories in a database (a copy: the database may be in use by a running host)
+-- against the workflows in dir. Returns a list of { id =, workflow =, status =, divergence = }
+-- for the instances that diverge (empty when all agree), and the number checked.
+function M.replay(db, dir)
+  local copy = tmpdb()
+  local client = assert(wfhost.open { db = db, client = true, log_level = "none" })
+  local ok, err = client:snapshot(copy)
+  client:close()
+  if not ok then error("workflow.testing.replay: " .. tostring(err), 2) end
+  local h, oerr = wfhost.open { db = copy, workflows = dir, log_level = "none" }
+  if not h then
+    os.remove(copy)
+    error("workflow.testing.replay: " .. tostring(oerr), 2)
+  end
+  local diverging, n = {}, 0
+  for _, info in ipairs(assert(h:list())) do
+    n = n + 1
+    local agrees, report = h:replay_check(info.id)
+    if agrees == nil then report = "cannot check: " .. tostring(report) end
+    if not agrees then
+      diverging[#diverging + 1] = { id = info.id, workflow = info.workflow, status = info.status, divergence = report }
+    end
+  end
+  h:close()
+  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(copy .. suffix) end
+  return diverging, n
+end
+
+---------------------------------------------------------------------------------------------
+-- Timelines on failure
+---------------------------------------------------------------------------------------------
+
+-- When a spec fails, print the timeline of every instance of the envs it left open, so the
+-- failure message shows what the workflow did.
+local ok_busted, busted = pcall(require, "busted")
+if ok_busted and type(busted) == "table" and busted.subscribe then
+  local function show_timelines()
+    for env in pairs(open_envs) do
+      if env.h then
+        for _, info in ipairs(env:instances()) do
+          io.stderr:write("\n", env:run(info.id):timeline(), "\n")
+        end
+      end
+    end
+    return nil, true
+  end
+  -- Published when the spec body fails, before after_each closes its env.
+  busted.subscribe({ "failure", "it" }, show_timelines)
+  busted.subscribe({ "error", "it" }, show_timelines)
+end
+
+return M

@@ -94,6 +94,12 @@ static void action_decline(wf_call *c, void *ud) {
   wf_call_fail(c, "declined", "card declined", 0);
 }
 
+/* A C action that answers with malformed JSON. */
+static void action_garbage(wf_call *c, void *ud) {
+  (void)ud;
+  wf_call_ok(c, "{\"x\":");
+}
+
 /* A C action that completes later, from a libuv timer, and counts its invocations. */
 static int slow_calls;
 static char slow_key[256];
@@ -321,7 +327,9 @@ static void test_action_errors_and_async(void) {
              "return workflow.define { name = 'pay', run = function(ctx)\n"
              "  local ok, err = pcall(ctx.actions.decline, { amount = 5 })\n"
              "  local s = ctx.actions.slow { }\n"
-             "  return { ok = ok, code = err.code, msg = err.message, retryable = err.retryable, slow = s.slow }\n"
+             "  local gok, gerr = pcall(ctx.actions.garbage, {})\n"
+             "  return { ok = ok, code = err.code, msg = err.message, retryable = err.retryable, slow = s.slow,\n"
+             "           garbage = gerr.code, garbage_msg = gerr.message }\n"
              "end }\n");
   write_file("boom.lua",
              "return workflow.define { name = 'boom', run = function(ctx)\n"
@@ -330,6 +338,7 @@ static void test_action_errors_and_async(void) {
   wf_host *h = open_host(NULL);
   CHECK(wf_register_action(h, "decline", action_decline, NULL) == WF_OK);
   CHECK(wf_register_action(h, "slow", action_slow, NULL) == WF_OK);
+  CHECK(wf_register_action(h, "garbage", action_garbage, NULL) == WF_OK);
   start(h, "pay", NULL, "p1");
   start(h, "boom", NULL, "b1");
   CHECK(wf_host_drain(h) == WF_OK);
@@ -338,6 +347,8 @@ static void test_action_errors_and_async(void) {
   CHECK(i->output_json && strstr(i->output_json, "\"code\":\"declined\""));
   CHECK(i->output_json && strstr(i->output_json, "\"slow\":true"));
   CHECK(i->output_json && strstr(i->output_json, "\"retryable\":false"));
+  CHECK(i->output_json && strstr(i->output_json, "\"garbage\":\"bad_result\""));
+  CHECK(i->output_json && strstr(i->output_json, "the action returned malformed JSON"));
   wf_info_free(i);
   CHECK(slow_calls == 1);
   CHECK(!strcmp(slow_key, "p1:2"));

@@ -75,6 +75,21 @@ void wf_step_drop_coroutine(wf_host *h, wf_instance *in) {
 static int sync_data(wf_host *h, wf_instance *in) {
   lua_State *L = h->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, in->ctx_ref);
+  /* Most workflows keep no data: an empty table needs no encoding. */
+  if (lua_getfield(L, -1, "data") == LUA_TTABLE) {
+    lua_pushnil(L);
+    if (lua_next(L, -2) == 0) {
+      lua_pop(L, 2);
+      if (!in->data || strcmp(in->data, "{}") != 0) {
+        free(in->data);
+        in->data = wf_strdup("{}");
+        in->row_dirty = 1;
+      }
+      return 0;
+    }
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
   if (wf_lua_callmod(h, "encode_data", 1, 1) != 0) return -1;
   const char *s = lua_tostring(L, -1);
   if (!in->data || strcmp(in->data, s) != 0) {

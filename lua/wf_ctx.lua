@@ -139,7 +139,14 @@ local decode = M.decode
 local function command(kind, name, arg)
   local st, a, b, c = yield(kind, name, arg)
   if st == "value" then return a end
-  if st == "json" then return decode(a) end
+  if st == "json" then
+    local ok, v = pcall(decode, a)
+    if not ok then
+      error(new_error { code = "bad_result", message = "the action returned malformed JSON: " ..
+        tostring(v):gsub("^.-:%d+: ", ""), retryable = false, action = name }, 0)
+    end
+    return v
+  end
   if st == "event" then
     local e = decode(b) -- { at = arrival time in ms, data = payload }
     return { name = a, data = e.data, at = e.at / 1000 }

@@ -596,6 +596,7 @@ static int load(wf_host *h, wf_instance *in) {
     in->loaded = 1;
     wf_info_free(info);
   }
+  wf_step_free_replay(in); /* loading twice (a replay check, then its build) leaks nothing */
   int rc = wf_store_load_history(h->st, in->id, &in->hist, &in->nhist);
   if (rc != WF_OK) return rc;
   int64_t max = 0;

@@ -212,6 +212,7 @@ function M.env(opts)
   }, Env)
   env.t0 = env.clock
   local mocks = {}
+  env._mocks = mocks
   env.actions = setmetatable({}, {
     __index = function(_, name)
       local m = mocks[name]
@@ -254,6 +255,9 @@ function Env:start(workflow, input, id)
   return run
 end
 
+-- env.h is the `wfhost` module's host underneath, for what the kit does not wrap (for example
+-- env.h:start + env.h:signal + env:settle() to send an event before the instance first runs).
+
 -- A run handle for an instance of this env's database.
 function Env:run(id)
   return setmetatable({ env = self, id = id }, Run)
@@ -285,6 +289,8 @@ end
 -- every instance by replay. A crash, without waiting for one.
 function Env:restart()
   local now = self.h:now()
+  -- Calls held by mocks die with the host; the new host invokes those actions again.
+  for _, m in pairs(self._mocks) do m._held = {} end
   self.h:close()
   self.clock = now
   open(self)

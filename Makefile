@@ -29,6 +29,15 @@ build-asan: deps
 run: build
 	@scripts/demo.sh $(BUILD)
 
+# Benchmarks (bench/run.sh, docs/performance.md): `make bench` is the quick profile (under
+# 2 minutes), `make bench-full` adds the one-million-parked-instances run. Never part of test.
+.PHONY: bench bench-full
+bench: build
+	@bench/run.sh $(BUILD) quick
+
+bench-full: build
+	@bench/run.sh $(BUILD) full
+
 # Every test: the C tests, the C tests again under ASan/UBSan, and the busted specs.
 test: build build-asan
 	@scripts/run-tests.sh $(BUILD) $(ASAN_BUILD)

@@ -109,6 +109,14 @@ void wf_uuid(uint64_t rng[4], char out[37]) {
            (unsigned)(a & 0xffff), (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffull));
 }
 
+void wf_uuid7(uint64_t rng[4], int64_t ms, char out[37]) {
+  uint64_t a = next64(rng), b = next64(rng);
+  uint64_t t = (uint64_t)ms & 0xffffffffffffull;
+  b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull; /* variant 10 */
+  snprintf(out, 37, "%08x-%04x-7%03x-%04x-%012llx", (unsigned)(t >> 16), (unsigned)(t & 0xffff),
+           (unsigned)(a & 0xfff), (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffull));
+}
+
 int wf_valid_id(const char *id) {
   size_t n = strlen(id);
   if (n == 0 || n > WF_ID_MAX) return 0;
@@ -267,12 +275,11 @@ static int lookup(wf_host *h, const char *id, wf_status *st, char **workflow) {
   int rc = wf_store_get_instance(h->st, id, &info);
   if (rc == WF_NOTFOUND && h->cfg.mode == WF_MODE_HOST) {
     /* Started through this handle, to be created in the next batch. */
-    for (wf_submit *s = h->sub_head; s; s = s->next) {
-      if (s->kind == WF_SUB_START && !strcmp(s->id, id)) {
-        *st = WF_ST_PENDING;
-        if (workflow) *workflow = wf_strdup(s->workflow);
-        return WF_OK;
-      }
+    wf_submit *s = wf_engine_queued_start(h, id);
+    if (s) {
+      *st = WF_ST_PENDING;
+      if (workflow) *workflow = wf_strdup(s->workflow);
+      return WF_OK;
     }
   }
   if (rc == WF_NOTFOUND) return wf_fail(h, WF_NOTFOUND, "no instance '%s'", id);
@@ -315,7 +322,7 @@ int wf_start(wf_host *h, const char *workflow, const char *input_json, const cha
       return wf_fail(h, WF_INVALID, "bad instance id '%s': 1 to %d bytes, no spaces or control characters",
                      id, WF_ID_MAX);
   } else {
-    wf_uuid(h->id_rng, gen);
+    wf_uuid7(h->id_rng, wf_now(h), gen);
     id = gen;
   }
   int version = 0;
@@ -525,8 +532,11 @@ int wf_host_drain(wf_host *h) {
   int rc = wf_host_start(h);
   if (rc != WF_OK) return rc;
   for (;;) {
-    wf_engine_poll(h);
-    if (!wf_engine_busy(h)) break;
+    wf_engine_poll(h, 0);
+    if (!wf_engine_busy(h)) {
+      wf_engine_poll(h, 1); /* a last look for what other handles wrote before returning */
+      if (!wf_engine_busy(h)) break;
+    }
     uv_run(h->loop, UV_RUN_ONCE);
   }
   return WF_OK;

@@ -22,6 +22,7 @@
 #define BATCH_MAX 8192 /* instances advanced per transaction */
 
 static void on_idle(uv_idle_t *idle);
+static void on_checkpoint(uv_timer_t *t);
 
 /* ---- instance table ------------------------------------------------------------------ */
 
@@ -121,6 +122,7 @@ void wf_instance_release(wf_host *h, wf_instance *in) {
   free(in->data);
   free(in->output);
   free(in->error);
+  free(in->row_wait);
   free(in->dry_report);
   free(in);
 }
@@ -309,10 +311,11 @@ static void on_wake(uv_timer_t *t) {
   arm_timer(h);
 }
 
-void wf_engine_poll(wf_host *h) {
+void wf_engine_poll(wf_host *h, int look) {
   fire_due(h);
   arm_timer(h);
-  if (wf_store_changed(h->st)) {
+  uint64_t now = uv_now(h->loop); /* at most one look per millisecond, unless asked */
+  if ((look || now != h->ext_checked_at) && (h->ext_checked_at = now, wf_store_changed(h->st))) {
     h->ext_dirty = 1;
     wf_engine_kick(h);
   }
@@ -320,7 +323,47 @@ void wf_engine_poll(wf_host *h) {
 
 /* ---- requests ------------------------------------------------------------------------ */
 
+static void starts_grow(wf_host *h) {
+  size_t n = h->nstart_buckets ? h->nstart_buckets * 2 : 256;
+  wf_submit **b = calloc(n, sizeof *b);
+  if (!b) abort();
+  for (size_t i = 0; i < h->nstart_buckets; i++) {
+    for (wf_submit *s = h->starts[i], *next; s; s = next) {
+      next = s->hnext;
+      size_t j = hash_str(s->id) & (n - 1);
+      s->hnext = b[j];
+      b[j] = s;
+    }
+  }
+  free(h->starts);
+  h->starts = b;
+  h->nstart_buckets = n;
+}
+
+wf_submit *wf_engine_queued_start(wf_host *h, const char *id) {
+  if (!h->nstarts) return NULL;
+  for (wf_submit *s = h->starts[hash_str(id) & (h->nstart_buckets - 1)]; s; s = s->hnext)
+    if (!strcmp(s->id, id)) return s;
+  return NULL;
+}
+
+static void starts_remove(wf_host *h, wf_submit *s) {
+  wf_submit **pp = &h->starts[hash_str(s->id) & (h->nstart_buckets - 1)];
+  while (*pp && *pp != s) pp = &(*pp)->hnext;
+  if (*pp) {
+    *pp = s->hnext;
+    h->nstarts--;
+  }
+}
+
 void wf_engine_submit(wf_host *h, wf_submit *s) {
+  if (s->kind == WF_SUB_START) {
+    if (h->nstarts + 1 > h->nstart_buckets) starts_grow(h);
+    size_t j = hash_str(s->id) & (h->nstart_buckets - 1);
+    s->hnext = h->starts[j];
+    h->starts[j] = s;
+    h->nstarts++;
+  }
   s->next = NULL;
   *h->sub_tail = s;
   h->sub_tail = &s->next;
@@ -374,7 +417,7 @@ static void apply_submit(wf_host *h, wf_submit *s) {
       in->version = s->version;
       in->input = wf_strdup(s->data);
       in->data = wf_strdup("{}");
-      in->status = WF_ST_PENDING;
+      in->status = in->row_status = WF_ST_PENDING;
       in->created_at = now;
       in->loaded = 1;
       touch(h, in);
@@ -466,15 +509,23 @@ static char *waiting_for(wf_instance *in) {
   return wf_strdup(buf);
 }
 
+/* Writes the instance's row if anything in it changed in this batch. */
 static void write_row(wf_host *h, wf_instance *in) {
   char *wait = in->co ? waiting_for(in) : NULL;
+  int same_wait = (!wait && !in->row_wait) || (wait && in->row_wait && !strcmp(wait, in->row_wait));
+  if (!in->row_dirty && in->status == in->row_status && same_wait) {
+    free(wait);
+    return;
+  }
   wf_instance_rec r = {.id = in->id, .workflow = in->workflow, .version = in->version,
                        .status = wf_status_name(in->status), .state = in->state,
                        .input = in->input, .data = in->data ? in->data : "{}",
                        .output = in->output, .error = in->error, .waiting_for = wait,
                        .created_at = in->created_at, .updated_at = wf_now(h)};
   note_store_rc(h, wf_store_update_instance(h->st, &r));
-  free(wait);
+  free(in->row_wait);
+  in->row_wait = wait;
+  in->row_status = in->status;
   in->row_dirty = 0;
 }
 
@@ -520,6 +571,7 @@ static void run_batch(wf_host *h) {
     wf_submit *s = h->sub_head;
     h->sub_head = s->next;
     if (!h->sub_head) h->sub_tail = &h->sub_head;
+    if (s->kind == WF_SUB_START) starts_remove(h, s);
     apply_submit(h, s);
     free_submit(s);
   }
@@ -532,13 +584,17 @@ static void run_batch(wf_host *h) {
     wf_step_advance(h, in);
   }
   for (wf_instance *in = h->touched_head; in; in = in->touched_next)
-    if (in->row_dirty && in->loaded) write_row(h, in);
+    if (in->loaded) write_row(h, in);
   h->in_batch = 0;
   if (h->batch_rc == WF_OK) h->batch_rc = wf_store_commit(h->st);
   else wf_store_rollback(h->st);
   if (h->batch_rc != WF_OK) goto failed;
 
   h->io_backoff_ms = 0;
+  /* A large WAL is checkpointed now; a smaller one once the host has been idle a moment. */
+  int pending = 0;
+  note_store_rc(h, wf_store_checkpoint(h->st, 0, &pending));
+  if (pending) uv_timer_start(&h->checkpoint_timer, on_checkpoint, 100, 0);
   /* Effects, now that the batch is durable. */
   size_t nans = h->nanswers;
   h->nanswers = 0;
@@ -593,6 +649,13 @@ failed:
   uv_timer_start(&h->backoff_timer, on_backoff, (uint64_t)h->io_backoff_ms, 0);
 }
 
+static void on_checkpoint(uv_timer_t *t) {
+  wf_host *h = t->data;
+  if (h->ready_head || h->sub_head) return; /* busy again: the next batch re-arms it */
+  if (wf_store_checkpoint(h->st, 1, NULL) != WF_OK)
+    wf_log(h, WF_LOG_WARN, NULL, NULL, "checkpoint: %s", wf_store_errmsg(h->st));
+}
+
 static void on_idle(uv_idle_t *idle) {
   wf_host *h = idle->data;
   if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed) run_batch(h);
@@ -643,7 +706,10 @@ int wf_engine_init(wf_host *h) {
   uv_timer_init(h->loop, &h->wake_timer);
   uv_timer_init(h->loop, &h->poll_timer);
   uv_timer_init(h->loop, &h->backoff_timer);
+  uv_timer_init(h->loop, &h->checkpoint_timer);
+  uv_unref((uv_handle_t *)&h->checkpoint_timer); /* never keeps a loop alive by itself */
   h->idle.data = h->wake_timer.data = h->poll_timer.data = h->backoff_timer.data = h;
+  h->checkpoint_timer.data = h;
   h->handles_open = 1;
   return WF_OK;
 }
@@ -703,6 +769,7 @@ void wf_engine_stop(wf_host *h) {
   uv_timer_stop(&h->wake_timer);
   uv_timer_stop(&h->poll_timer);
   uv_timer_stop(&h->backoff_timer);
+  uv_timer_stop(&h->checkpoint_timer);
   h->armed_due = 0;
   h->started = 0;
 }
@@ -730,6 +797,7 @@ void wf_engine_shutdown(wf_host *h) {
     uv_close((uv_handle_t *)&h->wake_timer, on_close);
     uv_close((uv_handle_t *)&h->poll_timer, on_close);
     uv_close((uv_handle_t *)&h->backoff_timer, on_close);
+    uv_close((uv_handle_t *)&h->checkpoint_timer, on_close);
     /* Let the loop run the close callbacks; on the application's loop this only runs ours. */
     uv_run(h->loop, UV_RUN_NOWAIT);
     h->handles_open = 0;
@@ -749,6 +817,9 @@ void wf_engine_shutdown(wf_host *h) {
     h->sub_head = s->next;
     free_submit(s);
   }
+  free(h->starts);
+  h->starts = NULL;
+  h->nstarts = h->nstart_buckets = 0;
   for (size_t i = 0; i < h->nanswers; i++) free(h->answers[i].id);
   free(h->answers);
   h->answers = NULL;

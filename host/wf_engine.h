@@ -107,6 +107,8 @@ struct wf_instance {
   char *data;        /* ctx.data as last written, JSON */
   char *output;      /* JSON once completed */
   char *error;       /* failure / suspension text */
+  wf_status row_status; /* status and waiting_for as the store has them: a row is written */
+  char *row_wait;       /* only when they (or row_dirty fields) change */
   char *dry_report;  /* a replay check's verdict: NULL while it agrees, else the divergence */
   int dry_done;
   wf_status dry_status; /* the status the history ended in */
@@ -141,6 +143,7 @@ typedef struct wf_timer {
 typedef enum { WF_SUB_START, WF_SUB_SIGNAL, WF_SUB_CANCEL, WF_SUB_RETRY } wf_sub_kind;
 typedef struct wf_submit {
   struct wf_submit *next;
+  struct wf_submit *hnext; /* a start, in the index of queued starts by id */
   wf_sub_kind kind;
   char *id;
   char *workflow;
@@ -216,14 +219,18 @@ struct wf_host {
 
   /* requests and effects */
   wf_submit *sub_head, **sub_tail;
+  wf_submit **starts;       /* queued starts by id (a start is answered before it is applied) */
+  size_t nstarts, nstart_buckets;
   wf_answer *answers;
   size_t nanswers, capanswers;
   int64_t last_event_id;
   int ext_dirty; /* another process may have written requests */
+  uint64_t ext_checked_at; /* uv_now() of the last look for them in a drain */
   int io_backoff_ms;
   int batch_rc;       /* the first store error in the open batch: the batch is rolled back */
   int recover_needed; /* a batch was rolled back: rescan the store before the next one */
   uv_timer_t backoff_timer;
+  uv_timer_t checkpoint_timer; /* checkpoints the WAL once the host is idle */
 
   /* actions */
   wf_action *actions;
@@ -246,6 +253,9 @@ uint64_t wf_rand64(wf_host *h);
 /* A version 4 UUID from a generator's state: h->rng for ctx:uuid() (seedable for tests),
  * h->id_rng for instance ids (always seeded by the OS, so a restarted host never repeats). */
 void wf_uuid(uint64_t rng[4], char out[37]);
+/* A version 7 UUID: the time in ms, then random bits. Ids made in order sort in order, so new
+ * instances' rows and history land next to each other in the store's B-trees. */
+void wf_uuid7(uint64_t rng[4], int64_t ms, char out[37]);
 int wf_valid_id(const char *id);
 /* Returns s as a quoted JSON string (malloc'd). */
 char *wf_json_quote(const char *s);
@@ -278,6 +288,8 @@ int wf_engine_start(wf_host *h);
 /* Records the loaded workflows in the store's catalog, for clients. */
 void wf_engine_store_catalog(wf_host *h);
 void wf_engine_submit(wf_host *h, wf_submit *s);
+/* The start queued for id and not yet applied, or NULL. */
+wf_submit *wf_engine_queued_start(wf_host *h, const char *id);
 wf_instance *wf_engine_find(wf_host *h, const char *id);
 void wf_engine_ready(wf_host *h, wf_instance *in);
 void wf_engine_kick(wf_host *h);
@@ -293,7 +305,7 @@ int wf_engine_busy(wf_host *h);
 void wf_engine_stop(wf_host *h);
 /* Makes ready now what is due: instances whose timers fell due (a clock may jump, as a
  * virtual one does) and requests other handles wrote to the database. */
-void wf_engine_poll(wf_host *h);
+void wf_engine_poll(wf_host *h, int look);
 void wf_instance_free_pend(wf_instance *in);
 /* Frees an instance that is not (or no longer) in the instance table. */
 void wf_instance_release(wf_host *h, wf_instance *in);

@@ -561,7 +561,6 @@ static void run(wf_host *h, wf_instance *in, int nargs) {
       if (nargs >= 0) continue;
       if (!in->co) return; /* suspended */
       in->status = in->pend.kind == WF_PEND_ACTION ? WF_ST_RUNNING : WF_ST_WAITING;
-      in->row_dirty = 1;
       if (!in->replaying && sync_data(h, in) != 0) {
         char *m = wf_strdup(lua_tostring(h->L, -1));
         lua_pop(h->L, 1);
@@ -589,6 +588,9 @@ static int load(wf_host *h, wf_instance *in) {
     in->workflow = wf_strdup(info->workflow);
     in->version = info->version;
     in->status = wf_status_parse(info->status);
+    in->row_status = in->status;
+    free(in->row_wait);
+    in->row_wait = wf_strdup(info->waiting_for);
     in->input = wf_strdup(info->input_json);
     in->state = wf_strdup(info->state);
     in->data = wf_strdup(info->data_json);
@@ -700,7 +702,6 @@ static void build(wf_host *h, wf_instance *in) {
     wf_log(h, WF_LOG_INFO, in->id, NULL, "started %s v%d", in->workflow, in->version);
   }
   in->status = WF_ST_RUNNING;
-  in->row_dirty = 1;
   run(h, in, 3);
   if (in->co && !in->replaying) wf_step_free_replay(in);
 }

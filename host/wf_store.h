@@ -40,6 +40,14 @@ const char *wf_store_errmsg(const wf_store *st);
  * wf_store_close(). WF_BUSY if another process holds it. */
 int wf_store_lock_host(wf_store *st);
 
+/* Copies the WAL into the database once it has grown (a passive checkpoint: it never waits
+ * for readers) and returns WF_OK. idle: the host has had nothing to do for a while, so a
+ * smaller WAL is worth a checkpoint; otherwise only a large one is, which keeps checkpoints
+ * and their fsyncs off the commit path. *pending (may be NULL) is set when the WAL is big
+ * enough for an idle checkpoint. Only after wf_store_lock_host(), which turns automatic
+ * checkpoints off. */
+int wf_store_checkpoint(wf_store *st, int idle, int *pending /* OUT */);
+
 /* Transactions. begin takes the write lock (waiting for a writer in another process). */
 int wf_store_begin(wf_store *st);
 int wf_store_commit(wf_store *st);

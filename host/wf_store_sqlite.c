@@ -133,6 +133,7 @@ struct wf_store {
   int lock_fd;                 /* the host lock file, -1 until wf_store_lock_host() */
   int64_t data_version;        /* PRAGMA data_version as last seen by wf_store_changed() */
   sqlite3_stmt *stmt[S_COUNT]; /* all NULL until open has migrated the schema */
+  int wal_frames;              /* frames in the WAL after the last commit (the host's own) */
   char errmsg[4608];           /* the last failure; room for a path of PATH_MAX */
 };
 
@@ -450,8 +451,14 @@ int wf_store_open(const char *path, wf_durability durability, wf_store **out) {
   if (rc != SQLITE_OK) return open_failed(st, rc);
   if (v > WF_STORE_SCHEMA_VERSION) return newer_schema(st, v);
 
+  /* Switching a new file to WAL takes an exclusive lock, and SQLite may answer BUSY at once
+   * (without its busy handler) when several processes open a new file together. */
   char mode[64];
-  rc = exec_sql(st, "PRAGMA journal_mode = WAL", mode);
+  for (int tries = 0;; tries++) {
+    rc = exec_sql(st, "PRAGMA journal_mode = WAL", mode);
+    if ((rc & 0xff) != SQLITE_BUSY || tries == 1000) break;
+    sqlite3_sleep(10);
+  }
   if (rc != SQLITE_OK) return open_failed(st, rc);
   if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0)
     return set_err(st, WF_IO, "cannot use WAL mode on database %s (journal mode stays %s)", path,
@@ -494,6 +501,12 @@ const char *wf_store_errmsg(const wf_store *st) {
 
 /* The lock is flock() on "<db>.lock": it conflicts between any two open file descriptions,
  * is released by the kernel when the holder dies, and keeps no state in the database. */
+static int wal_hook(void *ud, sqlite3 *db, const char *name, int frames) {
+  (void)db, (void)name;
+  ((wf_store *)ud)->wal_frames = frames;
+  return SQLITE_OK;
+}
+
 int wf_store_lock_host(wf_store *st) {
   if (st->lock_fd >= 0) return WF_OK;
   size_t len = strlen(st->path) + sizeof ".lock";
@@ -528,6 +541,21 @@ int wf_store_lock_host(wf_store *st) {
   ssize_t written = ftruncate(fd, 0) == 0 ? pwrite(fd, buf, (size_t)n, 0) : -1;
   (void)written;
   st->lock_fd = fd;
+  /* The host checkpoints itself (wf_store_checkpoint), off the commit path. */
+  sqlite3_wal_autocheckpoint(st->db, 0);
+  sqlite3_wal_hook(st->db, wal_hook, st);
+  return WF_OK;
+}
+
+int wf_store_checkpoint(wf_store *st, int idle, int *pending) {
+  if (pending) *pending = st->wal_frames >= 1000;
+  if (st->wal_frames < (idle ? 1000 : 20000)) return WF_OK;
+  int log = 0, done = 0;
+  int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+  if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+    return set_err(st, map_rc(rc), "checkpoint: %s", sqlite3_errmsg(st->db));
+  st->wal_frames = log - done;
+  if (pending) *pending = st->wal_frames >= 1000;
   return WF_OK;
 }
 

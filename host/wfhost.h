@@ -166,7 +166,7 @@ typedef int (*wf_plugin_init_fn)(wf_host *h);
 typedef void (*wf_done_fn)(wf_host *h, int rc, const char *id, void *ud);
 
 /* Starts an instance of workflow with input_json (NULL: null). id may be NULL to have one
- * generated, or a caller-chosen id: starting an id that exists (with the same workflow) starts
+ * generated (a time-ordered UUID, version 7), or a caller-chosen id: starting an id that exists (with the same workflow) starts
  * nothing and succeeds, so a retried start never makes a duplicate; with another workflow it
  * is refused with WF_STATE. The id is copied to id_out (WF_ID_MAX + 1 bytes) if
  * not NULL. Host mode: the instance is created in the next commit and done() is called

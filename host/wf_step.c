@@ -673,11 +673,10 @@ static void build(wf_host *h, wf_instance *in) {
   in->co = co;
   h->nlive++;
 
-  lua_pushnil(L);
   lua_pushstring(L, in->id);
   lua_pushstring(L, in->workflow);
   lua_pushinteger(L, in->version);
-  if (wf_lua_callmod(h, "new_ctx", 4, 1) != 0) {
+  if (wf_lua_callmod(h, "new_ctx", 3, 1) != 0) {
     lua_pushnil(L);
   }
   in->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -803,7 +802,8 @@ void wf_step_advance(wf_host *h, wf_instance *in) {
   }
 }
 
-/* note(ctx, kind, ...): state labels and log lines, recorded without yielding. */
+/* note(_, kind, ...): state labels and log lines of the running instance, recorded without
+ * yielding. */
 int wf_step_note(lua_State *L) {
   wf_host *h = lua_touserdata(L, lua_upvalueindex(1));
   wf_instance *in = h->current;

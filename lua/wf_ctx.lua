@@ -205,25 +205,29 @@ end
 
 local Log = { __metatable = false }
 Log.__index = Log
+Log.__newindex = function() error("ctx.log is read-only", 2) end
 for _, level in ipairs { "debug", "info", "warn", "error" } do
-  Log[level] = function(self, msg, fields)
+  Log[level] = function(_, msg, fields)
     local fjson
     if fields ~= nil then
       local ok, s = pcall(json.encode, fields)
       fjson = ok and s or json.encode { unencodable = tostring(s) }
     end
-    note(self.ctx, "log", level, tostring(msg), fjson)
+    note(nil, "log", level, tostring(msg), fjson)
   end
 end
 
--- Creates the ctx of one instance. `instance` is the C driver's light userdata for `note`.
-function M.new_ctx(instance, id, workflow, version)
-  local ctx = setmetatable({
+-- ctx.actions and ctx.log act on the instance whose coroutine is running (command yields
+-- from it; note records for it), so every instance shares the same two.
+local shared_actions = actions_proxy()
+local shared_log = setmetatable({}, Log)
+
+-- Creates the ctx of one instance.
+function M.new_ctx(id, workflow, version)
+  return setmetatable({
     id = id, workflow = workflow, version = version,
-    data = {}, actions = actions_proxy(), _instance = instance, _state = nil,
+    data = {}, actions = shared_actions, log = shared_log, _state = nil,
   }, Ctx)
-  ctx.log = setmetatable({ ctx = ctx }, Log)
-  return ctx
 end
 
 function Ctx:wait_for(names, opts)
@@ -271,7 +275,7 @@ end
 function Ctx:set_state(label)
   if label ~= nil then check_name("state label", label, 2) end
   self._state = label
-  note(self, "state", label)
+  note(nil, "state", label)
 end
 
 function Ctx:state()

@@ -207,21 +207,17 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-static int l_load(lua_State *L) {
+/* h:load(dir), h:check(dir), h:snapshot(path): true, or nil, message, code. */
+static int with_path(lua_State *L, int (*fn)(wf_host *, const char *)) {
   lhost *lh = check_host(L);
-  int rc = wf_load_dir(lh->h, luaL_checkstring(L, 2));
+  int rc = fn(lh->h, luaL_checkstring(L, 2));
   if (rc != WF_OK) return push_fail(L, lh, rc);
   lua_pushboolean(L, 1);
   return 1;
 }
-
-static int l_check(lua_State *L) {
-  lhost *lh = check_host(L);
-  int rc = wf_check_dir(lh->h, luaL_checkstring(L, 2));
-  if (rc != WF_OK) return push_fail(L, lh, rc);
-  lua_pushboolean(L, 1);
-  return 1;
-}
+static int l_load(lua_State *L) { return with_path(L, wf_load_dir); }
+static int l_check(lua_State *L) { return with_path(L, wf_check_dir); }
+static int l_snapshot(lua_State *L) { return with_path(L, wf_snapshot); }
 
 /* ---- actions ------------------------------------------------------------------------- */
 
@@ -545,14 +541,6 @@ static int l_replay_check(lua_State *L) {
   lua_pushstring(L, report);
   free(report);
   return 2;
-}
-
-static int l_snapshot(lua_State *L) {
-  lhost *lh = check_host(L);
-  int rc = wf_snapshot(lh->h, luaL_checkstring(L, 2));
-  if (rc != WF_OK) return push_fail(L, lh, rc);
-  lua_pushboolean(L, 1);
-  return 1;
 }
 
 /* h:next_timer() -> the earliest armed due time (ms), or nil */

@@ -51,23 +51,6 @@ static int insert(wf_store *st, const char *id, const char *workflow, const char
   return rc == WF_OK ? created : -1;
 }
 
-static void free_info(wf_info *i) {
-  free(i->id);
-  free(i->workflow);
-  free(i->status);
-  free(i->state);
-  free(i->input_json);
-  free(i->data_json);
-  free(i->output_json);
-  free(i->error);
-  free(i->waiting_for);
-}
-
-static void free_list(wf_info *list, size_t n) {
-  for (size_t i = 0; i < n; i++) free_info(&list[i]);
-  free(list);
-}
-
 static int has(const char *haystack, const char *needle) {
   return haystack && strstr(haystack, needle) != NULL;
 }
@@ -106,8 +89,7 @@ static void test_open_and_reopen(void) {
   wf_info *info = NULL;
   CHECK(wf_store_get_instance(st, "a", &info) == WF_OK);
   CHECK(info && strcmp(info->workflow, "wf") == 0 && info->created_at == 10);
-  if (info) free_info(info);
-  free(info);
+  wf_info_free(info);
   wf_store_close(st);
   wf_store_close(NULL);
 }
@@ -164,8 +146,7 @@ static void test_insert_is_idempotent(void) {
   CHECK(wf_store_get_instance(st, "x", &info) == WF_OK);
   CHECK(info && strcmp(info->workflow, "wf") == 0 && strcmp(info->status, "pending") == 0);
   CHECK(info && strcmp(info->input_json, "{\"n\":1}") == 0 && info->created_at == 5);
-  if (info) free_info(info);
-  free(info);
+  wf_info_free(info);
   wf_store_close(st);
 }
 
@@ -191,8 +172,7 @@ static void test_update_get_list(void) {
   CHECK(info && strcmp(info->output_json, "{\"ok\":1}") == 0 && info->error == NULL);
   CHECK(info && strcmp(info->waiting_for, "event Approve") == 0);
   CHECK(info && info->created_at == 200 && info->updated_at == 250 && info->version == 1);
-  if (info) free_info(info);
-  free(info);
+  wf_info_free(info);
 
   r.id = "nobody";
   CHECK(wf_store_update_instance(st, &r) == WF_NOTFOUND);
@@ -204,19 +184,19 @@ static void test_update_get_list(void) {
   CHECK(wf_store_list_instances(st, NULL, NULL, 0, &list, &n) == WF_OK);
   CHECK(n == 4 && strcmp(list[0].id, "i4") == 0 && strcmp(list[1].id, "i3") == 0 &&
         strcmp(list[2].id, "i2") == 0 && strcmp(list[3].id, "i1") == 0);
-  free_list(list, n);
+  wf_info_list_free(list, n);
   CHECK(wf_store_list_instances(st, "completed", NULL, 0, &list, &n) == WF_OK);
   CHECK(n == 2 && strcmp(list[0].id, "i4") == 0 && strcmp(list[1].id, "i2") == 0);
-  free_list(list, n);
+  wf_info_list_free(list, n);
   CHECK(wf_store_list_instances(st, NULL, "order", 0, &list, &n) == WF_OK);
   CHECK(n == 2 && strcmp(list[0].id, "i2") == 0 && strcmp(list[1].id, "i1") == 0);
-  free_list(list, n);
+  wf_info_list_free(list, n);
   CHECK(wf_store_list_instances(st, "waiting", "invoice", 0, &list, &n) == WF_OK);
   CHECK(n == 1 && strcmp(list[0].id, "i3") == 0);
-  free_list(list, n);
+  wf_info_list_free(list, n);
   CHECK(wf_store_list_instances(st, NULL, NULL, 3, &list, &n) == WF_OK);
   CHECK(n == 3 && strcmp(list[2].id, "i2") == 0);
-  free_list(list, n);
+  wf_info_list_free(list, n);
   CHECK(wf_store_list_instances(st, "failed", NULL, 0, &list, &n) == WF_OK);
   CHECK(n == 0 && list == NULL);
 
@@ -270,12 +250,7 @@ static void test_history(void) {
           strcmp(h[1].data_json, "{\"p\":1}") == 0 && h[1].at == 20);
     CHECK(h[2].pos == 3 && strcmp(h[2].kind, "action_result") == 0 && h[2].data_json == NULL);
   }
-  for (size_t i = 0; i < n; i++) {
-    free(h[i].kind);
-    free(h[i].name);
-    free(h[i].data_json);
-  }
-  free(h);
+  wf_history_free(h, n);
   CHECK(wf_store_load_history(st, "nobody", &h, &n) == WF_OK && n == 0 && h == NULL);
   wf_store_close(st);
 }
@@ -457,8 +432,7 @@ static void test_commit_and_rollback(void) {
   CHECK(wf_store_get_instance(other, "kept", &info) == WF_NOTFOUND);
   CHECK(wf_store_commit(st) == WF_OK);
   CHECK(wf_store_get_instance(other, "kept", &info) == WF_OK);
-  if (info) free_info(info);
-  free(info);
+  wf_info_free(info);
   wf_store_close(other);
   wf_store_close(st);
 }
@@ -502,8 +476,7 @@ static void test_commit_failure(void) {
 
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   CHECK(wf_store_get_instance(st, "small", &info) == WF_OK);
-  if (info) free_info(info);
-  free(info);
+  wf_info_free(info);
   wf_store_close(st);
 }
 
@@ -572,7 +545,7 @@ static void test_concurrent_first_open(void) {
   wf_info *list = NULL;
   size_t n = 0;
   CHECK(wf_store_list_instances(st, NULL, NULL, 0, &list, &n) == WF_OK && n == N);
-  free_list(list, n);
+  wf_info_list_free(list, n);
   wf_store_close(st);
 }
 

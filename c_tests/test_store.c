@@ -480,6 +480,56 @@ static void test_commit_failure(void) {
   wf_store_close(st);
 }
 
+/* Writes fail in the middle of a transaction (the WAL cannot grow): once SQLite has given the
+ * transaction up, every later write is refused too, so no part of the batch is committed on
+ * its own; after the rollback the store holds nothing of it. */
+static void test_failure_inside_transaction(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "before", "wf", "pending", 1) == 1);
+  size_t big_len = 256 * 1024;
+  char *big = malloc(big_len + 3);
+  memset(big, 'x', big_len + 2);
+  big[0] = big[big_len + 1] = '"';
+  big[big_len + 2] = '\0';
+
+  struct rlimit saved, small;
+  getrlimit(RLIMIT_FSIZE, &saved);
+  small = saved;
+  small.rlim_cur = 512 * 1024;
+  signal(SIGXFSZ, SIG_IGN);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  int failed_at = -1;
+  char id[32];
+  for (int i = 0; i < 64 && failed_at < 0; i++) {
+    snprintf(id, sizeof id, "big-%d", i);
+    wf_instance_rec r = rec(id, "wf", "pending", 10 + i);
+    r.input = big;
+    int created = 0;
+    if (wf_store_insert_instance(st, &r, &created) != WF_OK) failed_at = i;
+  }
+  CHECK(failed_at >= 0);
+  /* A small write after the failure must not go through on its own. */
+  int rc_after = wf_store_append_history(st, "before", 1, 0, "started", NULL, NULL, 1);
+  setrlimit(RLIMIT_FSIZE, &saved);
+  signal(SIGXFSZ, SIG_DFL);
+  CHECK(rc_after != WF_OK);
+  wf_store_rollback(st);
+  free(big);
+
+  wf_history_entry *h = NULL;
+  size_t n = 0;
+  CHECK(wf_store_load_history(st, "before", &h, &n) == WF_OK && n == 0);
+  wf_history_free(h, n);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "big-0", &info) == WF_NOTFOUND);
+  CHECK(wf_store_begin(st) == WF_OK); /* the connection is usable again */
+  CHECK(wf_store_append_history(st, "before", 1, 0, "started", NULL, NULL, 1) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  wf_store_close(st);
+}
+
 static void test_changed(void) {
   char path[256];
   wf_store *st = open_fresh(path, sizeof path);
@@ -564,6 +614,7 @@ int main(void) {
   test_lock_host();
   test_commit_and_rollback();
   test_commit_failure();
+  test_failure_inside_transaction();
   test_changed();
   test_durability_normal();
   test_concurrent_first_open();

@@ -195,7 +195,7 @@ static void touch(wf_host *h, wf_instance *in) {
   h->touched_tail = &in->touched_next;
 }
 
-static void note_store_rc(wf_host *h, int rc) {
+void wf_engine_store_rc(wf_host *h, int rc) {
   if (rc != WF_OK && h->batch_rc == WF_OK) {
     h->batch_rc = rc;
     wf_log(h, WF_LOG_ERROR, NULL, NULL, "store: %s", wf_store_errmsg(h->st));
@@ -206,7 +206,7 @@ void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kin
                        const char *data) {
   if (in->dry) return;
   touch(h, in);
-  note_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, wf_now(h)));
+  wf_engine_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, wf_now(h)));
 }
 
 /* ---- ready queue --------------------------------------------------------------------- */
@@ -410,7 +410,7 @@ static void apply_submit(wf_host *h, wf_submit *s) {
                          .created_at = now, .updated_at = now};
     int created = 0;
     rc = wf_store_insert_instance(h->st, &r, &created);
-    note_store_rc(h, rc);
+    wf_engine_store_rc(h, rc);
     if (rc == WF_OK && created) {
       in = get_or_stub(h, s->id);
       in->workflow = wf_strdup(s->workflow);
@@ -428,7 +428,7 @@ static void apply_submit(wf_host *h, wf_submit *s) {
   case WF_SUB_SIGNAL: {
     int64_t eid = 0;
     rc = wf_store_add_event(h->st, s->id, s->name, s->data, now, &eid);
-    note_store_rc(h, rc);
+    wf_engine_store_rc(h, rc);
     if (rc == WF_OK) event_arrived(h, s->id, eid, s->name, s->data, now);
     break;
   }
@@ -472,15 +472,15 @@ static void ingest(wf_host *h) {
   static const char *const pending[] = {"pending", NULL};
   if (!h->ext_dirty && !wf_store_changed(h->st)) return;
   h->ext_dirty = 0;
-  note_store_rc(h, wf_store_each_instance(h->st, pending, ingest_pending, h));
-  note_store_rc(h, wf_store_events_after(h->st, h->last_event_id, ingest_event, h));
-  note_store_rc(h, wf_store_take_requests(h->st, ingest_request, h));
+  wf_engine_store_rc(h, wf_store_each_instance(h->st, pending, ingest_pending, h));
+  wf_engine_store_rc(h, wf_store_events_after(h->st, h->last_event_id, ingest_event, h));
+  wf_engine_store_rc(h, wf_store_take_requests(h->st, ingest_request, h));
 }
 
 /* Instances left pending or running by a previous host (or before a rolled-back batch). */
 static void recover(wf_host *h) {
   static const char *const active[] = {"pending", "running", NULL};
-  note_store_rc(h, wf_store_each_instance(h->st, active, ingest_pending, h));
+  wf_engine_store_rc(h, wf_store_each_instance(h->st, active, ingest_pending, h));
 }
 
 /* ---- the batch ----------------------------------------------------------------------- */
@@ -522,7 +522,7 @@ static void write_row(wf_host *h, wf_instance *in) {
                        .input = in->input, .data = in->data ? in->data : "{}",
                        .output = in->output, .error = in->error, .waiting_for = wait,
                        .created_at = in->created_at, .updated_at = wf_now(h)};
-  note_store_rc(h, wf_store_update_instance(h->st, &r));
+  wf_engine_store_rc(h, wf_store_update_instance(h->st, &r));
   free(in->row_wait);
   in->row_wait = wait;
   in->row_status = in->status;
@@ -593,7 +593,7 @@ static void run_batch(wf_host *h) {
   h->io_backoff_ms = 0;
   /* A large WAL is checkpointed now; a smaller one once the host has been idle a moment. */
   int pending = 0;
-  note_store_rc(h, wf_store_checkpoint(h->st, 0, &pending));
+  wf_engine_store_rc(h, wf_store_checkpoint(h->st, 0, &pending));
   if (pending) uv_timer_start(&h->checkpoint_timer, on_checkpoint, 100, 0);
   /* Effects, now that the batch is durable. */
   size_t nans = h->nanswers;

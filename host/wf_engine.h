@@ -293,6 +293,8 @@ wf_submit *wf_engine_queued_start(wf_host *h, const char *id);
 wf_instance *wf_engine_find(wf_host *h, const char *id);
 void wf_engine_ready(wf_host *h, wf_instance *in);
 void wf_engine_kick(wf_host *h);
+/* Records the result of a store write in the open batch: the first error rolls the batch back. */
+void wf_engine_store_rc(wf_host *h, int rc);
 /* Journals an entry for the instance in the open batch. */
 void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                        const char *data);

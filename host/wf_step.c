@@ -109,7 +109,7 @@ static void end_instance(wf_host *h, wf_instance *in, wf_status st, const char *
   in->row_dirty = 1;
   wf_engine_history(h, in, 0, kind, NULL, data);
   if (in->pend.kind != WF_PEND_NONE && in->pend.due)
-    wf_store_delete_timer(h->st, in->id, in->pend.seq);
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, in->pend.seq));
   wf_step_drop_coroutine(h, in);
 }
 
@@ -315,8 +315,8 @@ static char *event_record(const wf_event *ev) {
 static int take_event(wf_host *h, wf_instance *in, int64_t seq, wf_event *ev, int64_t due) {
   char *rec = event_record(ev);
   wf_engine_history(h, in, seq, "event", ev->name, rec);
-  wf_store_consume_event(h->st, ev->id, seq);
-  if (due) wf_store_delete_timer(h->st, in->id, seq);
+  wf_engine_store_rc(h, wf_store_consume_event(h->st, ev->id, seq));
+  if (due) wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
   lua_pushliteral(in->co, "event");
   lua_pushstring(in->co, ev->name);
   lua_pushstring(in->co, rec);
@@ -504,7 +504,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     if (has_num) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
     else snprintf(data, sizeof data, "{}");
     wf_engine_history(h, in, seq, "wait", name, data);
-    if (due) wf_store_add_timer(h->st, in->id, seq, due);
+    if (due) wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
     n = wait_or_take(h, in, seq, name, due);
   } else if (!strcmp(kind, "sleep")) {
     int64_t ms = has_num ? argnum : 0;
@@ -512,7 +512,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     char data[96];
     snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", due, ms);
     wf_engine_history(h, in, seq, "sleep", NULL, data);
-    wf_store_add_timer(h->st, in->id, seq, due);
+    wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
     set_pend(in, WF_PEND_SLEEP, seq, NULL, due);
     wf_engine_add_timer(h, in, seq, due);
   } else if (!strcmp(kind, "now")) {
@@ -744,7 +744,7 @@ static int deliver(wf_host *h, wf_instance *in) {
     in->cancel_requested = 0;
     in->cancel_delivered = 1;
     wf_engine_history(h, in, seq, "cancelled", NULL, NULL);
-    if (in->pend.due) wf_store_delete_timer(h->st, in->id, seq);
+    if (in->pend.due) wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
     if (in->pend.call) in->pend.call->seq = -1; /* its result will be ignored */
     in->pend.call = NULL;
     wf_instance_free_pend(in);
@@ -773,7 +773,7 @@ static int deliver(wf_host *h, wf_instance *in) {
     }
     if (!due || due > wf_now(h)) return 0;
     wf_engine_history(h, in, seq, "timeout", NULL, NULL);
-    wf_store_delete_timer(h->st, in->id, seq);
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
     lua_pushliteral(co, "timeout");
     n = 1;
     break;
@@ -781,7 +781,7 @@ static int deliver(wf_host *h, wf_instance *in) {
   case WF_PEND_SLEEP:
     if (in->pend.due > wf_now(h)) return 0;
     wf_engine_history(h, in, seq, "timer_fired", NULL, NULL);
-    wf_store_delete_timer(h->st, in->id, seq);
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
     lua_pushliteral(co, "fired");
     n = 1;
     break;

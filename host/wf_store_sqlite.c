@@ -134,6 +134,7 @@ struct wf_store {
   int64_t data_version;        /* PRAGMA data_version as last seen by wf_store_changed() */
   sqlite3_stmt *stmt[S_COUNT]; /* all NULL until open has migrated the schema */
   int wal_frames;              /* frames in the WAL after the last commit (the host's own) */
+  int in_txn;                  /* between wf_store_begin and its commit or rollback */
   char errmsg[4608];           /* the last failure; room for a path of PATH_MAX */
 };
 
@@ -226,6 +227,10 @@ static int query_ints(wf_store *st, sqlite3_stmt *s, const char *op, int ncol, i
 
 /* Binds (as bind()) and runs statement idx, which returns no rows. */
 static int exec_stmt(wf_store *st, int idx, const char *op, const char *types, ...) {
+  /* Some errors (FULL, IOERR, NOMEM) make SQLite roll the whole transaction back and go on in
+   * autocommit: a later write would then commit on its own, outside the batch. */
+  if (st->in_txn && sqlite3_get_autocommit(st->db))
+    return set_err(st, WF_IO, "%s: the transaction was rolled back by an earlier error", op);
   va_list ap;
   va_start(ap, types);
   int code = vbind(st, st->stmt[idx], op, types, ap);
@@ -560,13 +565,16 @@ int wf_store_checkpoint(wf_store *st, int idle, int *pending) {
 }
 
 int wf_store_begin(wf_store *st) {
-  return run(st, st->stmt[S_BEGIN], "begin transaction");
+  int code = run(st, st->stmt[S_BEGIN], "begin transaction");
+  st->in_txn = code == WF_OK;
+  return code;
 }
 
 /* A failed COMMIT may leave the transaction open (SQLite rolls back on some errors only), so
  * it is rolled back here: the connection is then usable and the batch is simply not written. */
 int wf_store_commit(wf_store *st) {
   sqlite3_stmt *s = st->stmt[S_COMMIT];
+  st->in_txn = 0;
   int rc = sqlite3_step(s);
   int code = rc == SQLITE_DONE
                  ? WF_OK
@@ -577,6 +585,7 @@ int wf_store_commit(wf_store *st) {
 }
 
 void wf_store_rollback(wf_store *st) {
+  if (st) st->in_txn = 0;
   if (!st || !st->db || sqlite3_get_autocommit(st->db)) return;
   sqlite3_step(st->stmt[S_ROLLBACK]);
   finish(st->stmt[S_ROLLBACK]);

@@ -657,6 +657,50 @@ static void test_replay_check(void) {
   wf_host_close(h);
 }
 
+/* A cancellation survives a rebuild: the workflow caught it, cleaned up across a timer, and
+ * re-raised it after a restart, so it ends cancelled, not failed. A cancel sent to an evicted
+ * instance together with an event is delivered first: nothing runs after it was asked. */
+static void test_cancel_across_rebuild(void) {
+  write_file("cc.lua",
+             "return workflow.define { name = 'cc', run = function(ctx)\n"
+             "  local ok, err = pcall(ctx.wait_for, ctx, 'go')\n"
+             "  if ok then ctx.actions.echo { after = 'go' } return 'went' end\n"
+             "  ctx:sleep(10)\n"
+             "  error(err)\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  start(h, "cc", NULL, "cc1");
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(wf_cancel(h, "cc1", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "cc1"), "waiting")); /* sleeping in its cleanup */
+  wf_host_close(h);
+  fake_now += 10000;
+  h = open_host(NULL);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(!strcmp(status_of(h, "cc1"), "cancelled"));
+  char *report = NULL;
+  CHECK(wf_replay_check(h, "cc1", &report) == WF_OK && report == NULL);
+  free(report);
+  wf_host_close(h);
+
+  wf_config cfg;
+  wf_config_init(&cfg);
+  cfg.log_level = WF_LOG_DEBUG;
+  cfg.cache_size = 1;
+  h = open_host(&cfg);
+  start(h, "cc", NULL, "cc2");
+  start(h, "cc", NULL, "cc3"); /* evicts cc2 */
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(wf_signal(h, "cc2", "go", NULL, NULL, NULL) == WF_OK);
+  CHECK(wf_cancel(h, "cc2", NULL, NULL) == WF_OK);
+  CHECK(wf_host_drain(h) == WF_OK);
+  CHECK(history_has(h, "cc2", "event", "go") == 0);
+  CHECK(history_has(h, "cc2", "action", "echo") == 0);
+  CHECK(history_has(h, "cc2", "cancelled", NULL) >= 1);
+  wf_host_close(h);
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "%s", test_tmpdir());
   snprintf(wfdir, sizeof wfdir, "%s/workflows", dir);
@@ -674,5 +718,6 @@ int main(void) {
   test_disk_full();
   test_close_and_clients();
   test_replay_check();
+  test_cancel_across_rebuild();
   TEST_MAIN_END();
 }

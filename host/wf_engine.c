@@ -212,7 +212,8 @@ void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kin
 /* ---- ready queue --------------------------------------------------------------------- */
 
 void wf_engine_kick(wf_host *h) {
-  if (h->started && !h->closing && !uv_is_active((uv_handle_t *)&h->idle) && !h->recover_needed)
+  if (h->started && !h->closing && !uv_is_active((uv_handle_t *)&h->idle) &&
+      !uv_is_active((uv_handle_t *)&h->backoff_timer)) /* backing off after a failed batch */
     uv_idle_start(&h->idle, on_idle);
 }
 
@@ -477,10 +478,20 @@ static void ingest(wf_host *h) {
   wf_engine_store_rc(h, wf_store_take_requests(h->st, ingest_request, h));
 }
 
-/* Instances left pending or running by a previous host (or before a rolled-back batch). */
+static void load_timer(void *ud, const char *id, int64_t seq, int64_t due) {
+  heap_push(ud, id, seq, due);
+}
+
+/* Instances left pending or running by a previous host (or before a rolled-back batch), and
+ * the timers: the heap is rebuilt from the store, where every armed timer has its row. */
 static void recover(wf_host *h) {
   static const char *const active[] = {"pending", "running", NULL};
   wf_engine_store_rc(h, wf_store_each_instance(h->st, active, ingest_pending, h));
+  for (size_t i = 0; i < h->nheap; i++) free(h->heap[i].id);
+  h->nheap = 0;
+  wf_engine_store_rc(h, wf_store_each_timer(h->st, load_timer, h));
+  h->armed_due = 0;
+  arm_timer(h);
 }
 
 /* ---- the batch ----------------------------------------------------------------------- */
@@ -529,37 +540,32 @@ static void write_row(wf_host *h, wf_instance *in) {
   in->row_dirty = 0;
 }
 
-/* A rolled-back batch: forget everything it touched; the store is the truth. */
+/* A rolled-back batch: forget every instance it touched (the store is the truth); ready
+ * instances it did not reach stay queued. Timers that fired for the forgotten ones are
+ * reloaded from the store by the recovery that follows. */
 static void undo_batch(wf_host *h) {
   while (h->touched_head) {
     wf_instance *in = h->touched_head;
     h->touched_head = in->touched_next;
     in->touched = 0;
-    if (in->in_ready) continue; /* freed below with the queue */
-    instance_free(h, in);
+    if (!in->in_ready) instance_free(h, in);
   }
-  for (wf_instance *in = h->ready_head, *next; in; in = next) {
-    next = in->ready_next;
-    instance_free(h, in);
-  }
-  h->ready_head = h->ready_tail = NULL;
   h->ext_dirty = 1;
   h->recover_needed = 1;
 }
 
+/* The next batch recovers (recover_needed) what the failed one dropped. */
 static void on_backoff(uv_timer_t *t) {
   wf_host *h = t->data;
-  h->recover_needed = 0;
-  h->ext_dirty = 1;
   uv_idle_start(&h->idle, on_idle);
 }
 
 static void run_batch(wf_host *h) {
   int64_t last_event = h->last_event_id;
   h->batch_rc = wf_store_begin(h->st);
-  if (h->batch_rc != WF_OK) {
+  if (h->batch_rc != WF_OK) { /* nothing was done yet: only wait and try again */
     wf_log(h, WF_LOG_ERROR, NULL, NULL, "cannot begin a transaction: %s", wf_store_errmsg(h->st));
-    goto failed;
+    goto back_off;
   }
   h->in_batch = 1;
   if (h->recover_needed) {
@@ -642,9 +648,10 @@ failed:
     /* Requests not yet applied stay queued for the next batch. */
   }
   undo_batch(h);
+back_off:
   h->io_backoff_ms = h->io_backoff_ms ? h->io_backoff_ms * 2 : 50;
   if (h->io_backoff_ms > 5000) h->io_backoff_ms = 5000;
-  wf_log(h, WF_LOG_WARN, NULL, NULL, "batch rolled back; retrying in %d ms", h->io_backoff_ms);
+  wf_log(h, WF_LOG_WARN, NULL, NULL, "batch not written; retrying in %d ms", h->io_backoff_ms);
   uv_idle_stop(&h->idle);
   uv_timer_start(&h->backoff_timer, on_backoff, (uint64_t)h->io_backoff_ms, 0);
 }
@@ -714,10 +721,6 @@ int wf_engine_init(wf_host *h) {
   return WF_OK;
 }
 
-static void load_timer(void *ud, const char *id, int64_t seq, int64_t due) {
-  heap_push(ud, id, seq, due);
-}
-
 void wf_engine_store_catalog(wf_host *h) {
   char **names = NULL;
   int *versions = NULL;
@@ -740,10 +743,8 @@ int wf_engine_start(wf_host *h) {
     /* The first ingest takes every unconsumed event, including those sent while no host
      * ran: each wakes its instance, which takes it if it waits for it. */
     h->last_event_id = 0;
-    int rc = wf_store_each_timer(h->st, load_timer, h);
-    if (rc != WF_OK) return wf_fail(h, rc, "cannot recover: %s", wf_store_errmsg(h->st));
     wf_engine_store_catalog(h);
-    /* The first batch recovers what a previous host left running. */
+    /* The first batch recovers what a previous host left running, and loads the timers. */
     h->recover_needed = 1;
     h->recovered = 1;
   }

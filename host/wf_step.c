@@ -231,9 +231,9 @@ static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
 static void dry_finish(wf_host *h, wf_instance *in, int rc) {
   int is_cancel = 0;
   char *msg = rc == LUA_OK ? NULL : error_text(h, in, rc, &is_cancel);
-  wf_status got = rc == LUA_OK ? WF_ST_COMPLETED : WF_ST_FAILED;
+  wf_status got = rc == LUA_OK ? WF_ST_COMPLETED : is_cancel ? WF_ST_CANCELLED : WF_ST_FAILED;
   wf_status was = in->dry_status;
-  int agrees = was == got || (got == WF_ST_FAILED && was == WF_ST_CANCELLED);
+  int agrees = was == got;
   if (!agrees && !in->dry_report) {
     char buf[1400];
     snprintf(buf, sizeof buf, "history has the instance %s after step %" PRId64 ", the code now %s%s%.1000s",
@@ -368,6 +368,13 @@ static int push_recorded(lua_State *co, const wf_history_entry *e) {
 
 /* Re-arms the command at the replay frontier: journaled, no outcome yet. */
 static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *e) {
+  if (in->cancel_requested) {
+    /* Cancelled while not in memory: park on the command as it was, and let deliver() hand
+     * the cancellation over before any event is taken or any action invoked again. */
+    set_pend(in, !strcmp(e->kind, "action") ? WF_PEND_ACTION : !strcmp(e->kind, "wait") ? WF_PEND_WAIT : WF_PEND_SLEEP,
+             seq, e->name, strcmp(e->kind, "action") ? data_due(e->data_json) : 0);
+    return -1;
+  }
   if (!strcmp(e->kind, "action")) {
     if (!wf_action_find(h, e->name)) {
       suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
@@ -448,8 +455,9 @@ static int command(wf_host *h, wf_instance *in, int nres) {
         goto done;
       }
       if (in->out_at[seq] >= 0) {
-        n = push_recorded(co, &in->hist[in->out_at[seq]]);
-        if (seq == in->replay_max_seq) in->replaying = 0;
+        const wf_history_entry *out = &in->hist[in->out_at[seq]];
+        if (!strcmp(out->kind, "cancelled")) in->cancel_delivered = 1;
+        n = push_recorded(co, out);
         goto done;
       }
       if (in->dry) { /* it reaches the step it is blocked on: the history agrees */
@@ -578,8 +586,8 @@ static void run(wf_host *h, wf_instance *in, int nargs) {
   }
 }
 
-/* Loads the row (if not known), the history and the unconsumed events of an instance. */
-static int load(wf_host *h, wf_instance *in) {
+/* Reads the instance's row, unless it is already known. */
+static int load_row(wf_host *h, wf_instance *in) {
   if (!in->loaded) {
     wf_info *info = NULL;
     int rc = wf_store_get_instance(h->st, in->id, &info);
@@ -598,6 +606,11 @@ static int load(wf_host *h, wf_instance *in) {
     in->loaded = 1;
     wf_info_free(info);
   }
+  return WF_OK;
+}
+
+/* Loads the history (indexed by seq for replay) and the unconsumed events of an instance. */
+static int load_journal(wf_host *h, wf_instance *in) {
   wf_step_free_replay(in); /* loading twice (a replay check, then its build) leaks nothing */
   int rc = wf_store_load_history(h->st, in->id, &in->hist, &in->nhist);
   if (rc != WF_OK) return rc;
@@ -626,14 +639,23 @@ static int load(wf_host *h, wf_instance *in) {
 /* Builds the coroutine and runs it from the start, replaying the history. */
 static void build(wf_host *h, wf_instance *in) {
   lua_State *L = h->L;
-  int rc = load(h, in);
+  int rc = load_row(h, in);
+  if (rc == WF_NOTFOUND) {
+    /* A timer or event of an instance that no longer exists: the engine lets it go. */
+    in->status = WF_ST_CANCELLED;
+    return;
+  }
+  /* Finished, or suspended with nothing asked of it: no need for its history. */
+  if (rc == WF_OK && !in->dry &&
+      (wf_status_final(in->status) ||
+       (in->status == WF_ST_SUSPENDED && !in->retry_requested && !in->cancel_requested))) {
+    wf_step_drop_coroutine(h, in);
+    return;
+  }
+  if (rc == WF_OK) rc = load_journal(h, in);
   if (rc != WF_OK) {
-    if (rc == WF_NOTFOUND) {
-      /* A timer or event of an instance that no longer exists: the engine lets it go. */
-      in->status = WF_ST_CANCELLED;
-    } else {
-      wf_log(h, WF_LOG_ERROR, in->id, NULL, "cannot load instance: %s", wf_store_errmsg(h->st));
-    }
+    /* The batch is rolled back and the instance rebuilt once the store answers again. */
+    wf_engine_store_rc(h, rc);
     wf_step_free_replay(in);
     return;
   }
@@ -645,10 +667,6 @@ static void build(wf_host *h, wf_instance *in) {
     wf_log(h, WF_LOG_INFO, in->id, NULL, "cancelled");
     end_instance(h, in, WF_ST_CANCELLED, "cancelled", NULL,
                  wf_strdup(in->status == WF_ST_SUSPENDED ? "cancelled while suspended" : "cancelled before it started"));
-    return;
-  }
-  if (!in->dry && (wf_status_final(in->status) || (in->status == WF_ST_SUSPENDED && !in->retry_requested))) {
-    wf_step_drop_coroutine(h, in);
     return;
   }
   in->retry_requested = 0;
@@ -713,7 +731,8 @@ int wf_step_replay_check(wf_host *h, const char *id, char **report) {
   in->dry = 1;
   in->co_ref = in->ctx_ref = LUA_NOREF;
   in->inbox_tail = &in->inbox;
-  int rc = load(h, in);
+  int rc = load_row(h, in);
+  if (rc == WF_OK) rc = load_journal(h, in);
   if (rc != WF_OK) {
     wf_instance_release(h, in);
     return rc == WF_NOTFOUND ? wf_fail(h, rc, "no instance '%s'", id) : wf_fail(h, rc, "%s", wf_store_errmsg(h->st));

@@ -388,8 +388,9 @@ static void test_instruction_budget(void) {
              "  end\n"
              "  return s\n"
              "end }\n");
-  /* The same with ctx:now() between the loops: each command is a yield and a resume, and the
-   * budget is documented per resume. */
+  /* The same with ctx:now() between the loops: commands that answer at once do not end the
+   * step, so the budget counts all three loops (else `while true do ctx:random() end` would
+   * never be stopped, and would grow the open transaction without end). */
   write_file(wfdir, "steps_now.lua",
              "return workflow.define { name = 'steps_now', run = function(ctx)\n"
              "  local s = 0\n"
@@ -398,6 +399,10 @@ static void test_instruction_budget(void) {
              "    ctx:now()\n"
              "  end\n"
              "  return s\n"
+             "end }\n");
+  write_file(wfdir, "spin_random.lua",
+             "return workflow.define { name = 'spin_random', run = function(ctx)\n"
+             "  while true do ctx:random() end\n"
              "end }\n");
   /* Three steps of work, then a wait: rebuilt by replay after a restart, it must not be
    * killed for the work of all its past steps added together. */
@@ -426,11 +431,12 @@ static void test_instruction_budget(void) {
   start(h, "spin_later", NULL, "spin_later");
   start(h, "steps", NULL, "steps");
   start(h, "steps_now", NULL, "steps_now");
+  start(h, "spin_random", NULL, "spin_random");
   start(h, "steps_wait", NULL, "steps_wait");
   start(h, "ok", "2", "ok2");
   CHECK(wf_host_drain(h) == WF_OK);
 
-  const char *budget = "instruction budget exceeded: more than 1000000 Lua instructions without yielding";
+  const char *budget = "instruction budget exceeded: more than 1000000 Lua instructions without waiting";
   expect_failed(h, "spin", "spin.lua:2: instruction budget exceeded", budget);
   expect_failed(h, "spin_pcall", budget, "spin_pcall.lua:");
   expect_failed(h, "spin_xpcall", budget, "spin_xpcall.lua:");
@@ -438,7 +444,8 @@ static void test_instruction_budget(void) {
   expect_output(h, "ok1", "{\"fine\":1}");
   expect_output(h, "ok2", "{\"fine\":2}");
   expect_output(h, "steps", "900000");
-  expect_output(h, "steps_now", "900000");
+  expect_failed(h, "steps_now", "steps_now.lua:4: instruction budget exceeded", budget);
+  expect_failed(h, "spin_random", "spin_random.lua:2: instruction budget exceeded", budget);
   wf_info *w = info_of(h, "steps_wait");
   CHECK(equals(w->status, "waiting"));
   wf_info_free(w);
@@ -996,6 +1003,73 @@ static void hostile_ctx_metatable(void) {
   wf_host_close(h);
 }
 
+/* Ways one instance could reach what every instance shares: the tables behind read-only
+ * views (through pairs), the ctx and ctx.actions metatables, a module's tables. Each attempt
+ * is made; a second instance must see the host unchanged, and the host must not hang. */
+static const char *shared_dir;
+static void hostile_shared_state(void) {
+  wf_host *h = open_host("shared.db", shared_dir, NULL);
+  start(h, "meddle2", NULL, "meddle2");
+  CHECK(wf_host_drain(h) == WF_OK);
+  start(h, "victim2", NULL, "victim2");
+  CHECK(wf_host_drain(h) == WF_OK);
+  expect_output(h, "victim2", "[\"A\",1,true,0.25,3]");
+  wf_info *i = info_of(h, "meddle2");
+  CHECK(equals(i->status, "completed"));
+  CHECK(i->output_json && !strstr(i->output_json, "changed")); /* every attempt failed */
+  wf_info_free(i);
+  start(h, "bad_name", NULL, "bad_name");
+  CHECK(wf_host_drain(h) == WF_OK);
+  expect_failed(h, "bad_name", "bad_name.lua:2: ctx.actions: bad action name", NULL);
+  wf_host_close(h);
+}
+
+/* A require at a file's top level must not switch the limits off for the rest of the load. */
+static void hostile_require_at_load(void) {
+  wf_config cfg;
+  wf_config_init(&cfg);
+  cfg.instruction_budget = 1000000;
+  wf_host *h = open_host("loadloop.db", NULL, &cfg);
+  CHECK(wf_check_dir(h, make_dir("loadloop")) == WF_LUA);
+  CHECK(contains(wf_errmsg(h), "spin_after_require.lua:2: instruction budget exceeded"));
+  wf_host_close(h);
+}
+
+static void test_shared_state(void) {
+  shared_dir = make_dir("shared");
+  write_file(shared_dir, "lib/rates.lua", "return { vat = { rate = 0.25 } }\n");
+  write_file(shared_dir, "meddle2.lua",
+             "local rates = require 'lib.rates'\n"
+             "return workflow.define { name = 'meddle2', run = function(ctx)\n"
+             "  local changed = {}\n"
+             "  local function try(what, f) if pcall(f) then changed[#changed + 1] = what end end\n"
+             "  try('string', function() local _, raw = pairs(string); raw.upper = function() return 'X' end end)\n"
+             "  try('math', function() local _, raw = pairs(math); raw.floor = function() return 42 end end)\n"
+             "  try('module', function() local _, raw = pairs(rates.vat); raw.rate = 9 end)\n"
+             "  try('module2', function() rates.vat.rate = 9 end)\n"
+             "  try('ctx', function() ctx.__index.uuid = function() return 'x' end end)\n"
+             "  try('actions', function() getmetatable(ctx.actions).__index = function() end end)\n"
+             "  try('log', function() ctx.log.info = nil end)\n"
+             "  return #changed > 0 and ('changed: ' .. table.concat(changed, ',')) or 'held'\n"
+             "end }\n");
+  write_file(shared_dir, "victim2.lua",
+             "local rates = require 'lib.rates'\n"
+             "return workflow.define { name = 'victim2', run = function(ctx)\n"
+             "  return { string.upper('a'), math.floor(1.5), #ctx:uuid() == 36, rates.vat.rate, #('abc') }\n"
+             "end }\n");
+  write_file(shared_dir, "bad_name.lua",
+             "return workflow.define { name = 'bad_name', run = function(ctx)\n"
+             "  return ctx.actions['no spaces please'] {}\n"
+             "end }\n");
+  const char *loop_dir = make_dir("loadloop");
+  write_file(loop_dir, "lib/m.lua", "return {}\n");
+  write_file(loop_dir, "spin_after_require.lua",
+             "local m = require 'lib.m'\n"
+             "while true do end\n");
+  CHECK(in_child("an instance reaching shared tables", hostile_shared_state, 20));
+  CHECK(in_child("a loop after a require at load time", hostile_require_at_load, 20));
+}
+
 static void test_hostile(void) {
   hostile_dir = make_dir("hostile");
   write_file(hostile_dir, "evil_tostring.lua",
@@ -1047,6 +1121,7 @@ int main(void) {
   test_random();
   test_logging();
   test_hostile();
+  test_shared_state();
   logs_clear();
   TEST_MAIN_END();
 }

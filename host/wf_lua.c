@@ -69,9 +69,16 @@ static void kill_hook(lua_State *L, lua_Debug *ar) {
              "(config memory_limit)", h->cfg.memory_limit);
   } else {
     snprintf(msg, sizeof msg, "instruction budget exceeded: more than %lld Lua instructions without "
-             "yielding (an endless loop?) (config instruction_budget)", (long long)h->cfg.instruction_budget);
+             "waiting (an endless loop?) (config instruction_budget)", (long long)h->cfg.instruction_budget);
   }
-  luaL_where(L, 0); /* inside a hook, level 0 is the function that was running */
+  /* The position is the innermost frame in a workflow file (inside a hook, level 0 is the
+   * function that was running; it may be the host's own ctx code). */
+  lua_Debug d;
+  int found = 0;
+  for (int level = 0; !found && lua_getstack(L, level, &d); level++)
+    found = lua_getinfo(L, "Sl", &d) && d.source[0] == '@' && d.currentline > 0;
+  if (found) lua_pushfstring(L, "%s:%d: ", d.short_src, d.currentline);
+  else luaL_where(L, 0);
   lua_pushstring(L, msg);
   lua_concat(L, 2);
   lua_error(L);
@@ -177,7 +184,8 @@ static int run_file(wf_host *h, lua_State *L, const char *path, const char *arg)
     lua_pushstring(L, arg);
     nargs = 1;
   }
-  int main_thread = L == h->L;
+  /* Only the outermost file arms the limits: a require inside it must not disarm them. */
+  int main_thread = L == h->L && !h->mem_enforce;
   if (main_thread) {
     wf_lua_arm_budget(h, L);
     h->trip = 0;
@@ -448,7 +456,7 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
         lua_pop(L, 1);
       }
       lua_pop(L, 2);
-      if (v > cur) {
+      if (v >= cur) { /* the same version reloaded replaces the old definition */
         lua_pushvalue(L, -2);
         lua_setfield(L, defs, lua_tostring(L, -2));
       }

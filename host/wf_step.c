@@ -76,7 +76,8 @@ static int sync_data(wf_host *h, wf_instance *in) {
   lua_State *L = h->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, in->ctx_ref);
   /* Most workflows keep no data: an empty table needs no encoding. */
-  if (lua_getfield(L, -1, "data") == LUA_TTABLE) {
+  lua_pushliteral(L, "data");
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
     lua_pushnil(L);
     if (lua_next(L, -2) == 0) {
       lua_pop(L, 2);
@@ -554,11 +555,15 @@ done:
 /* ---- the driver --------------------------------------------------------------------- */
 
 static void run(wf_host *h, wf_instance *in, int nargs) {
+  int first = 1;
   h->trip = 0;
   lua_State *co = in->co;
   for (;;) {
     int nres = 0;
-    if (!h->trip) wf_lua_arm_budget(h, co); /* the budget is per resume */
+    /* The budget counts from one park to the next; while replaying it restarts at each
+     * command, so that many recorded steps replayed in one go are not counted as one. */
+    if (!h->trip && (in->replaying || first)) wf_lua_arm_budget(h, co);
+    first = 0;
     h->current = in;
     h->mem_enforce = 1;
     int rc = lua_resume(co, h->L, nargs, &nres);

@@ -13,8 +13,10 @@ local note, cjson_module = ...
 local yield = coroutine.yield
 local type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall =
   type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall
--- Trusted code reads metatables past their __metatable protection.
+-- Trusted code reads metatables past their __metatable protection, and calls the string
+-- functions it captured here, never methods through the string metatable that workflows share.
 local rawgetmetatable = debug.getmetatable
+local sformat, sgsub, smatch, sfind = string.format, string.gsub, string.match, string.find
 local floor, huge, concat, sort = math.floor, math.huge, table.concat, table.sort
 
 local M = {}
@@ -57,8 +59,8 @@ local units = { ms = 1, s = 1000, m = 60000, h = 3600000, d = 86400000 }
 
 -- Called from a ctx method called by the workflow: level 4 is the workflow's line.
 local function bad_duration(d)
-  error(("invalid duration %q: use a number of seconds or a string like \"250ms\", \"10s\", " ..
-    "\"5m\", \"72h\", \"7d\""):format(type(d) == "string" and d or type(d)), 4)
+  error(sformat("invalid duration %q: use a number of seconds or a string like \"250ms\", \"10s\", " ..
+    "\"5m\", \"72h\", \"7d\"", type(d) == "string" and d or type(d)), 4)
 end
 
 -- Returns the duration in whole milliseconds.
@@ -68,11 +70,11 @@ function M.duration_ms(d)
     return floor(d * 1000 + 0.5)
   end
   if type(d) ~= "string" then bad_duration(d) end
-  local s = d:gsub("%s+", "")
+  local s = sgsub(d, "%s+", "")
   if s == "" then bad_duration(d) end
   local total, pos = 0, 1
   while pos <= #s do
-    local num, unit, nextpos = s:match("^(%d+%.?%d*)(%a+)()", pos)
+    local num, unit, nextpos = smatch(s, "^(%d+%.?%d*)(%a+)()", pos)
     if not num or not units[unit] then bad_duration(d) end
     total = total + tonumber(num) * units[unit]
     pos = nextpos
@@ -83,13 +85,13 @@ end
 ---------------------------------------------------------------------------------------------
 -- Errors raised into workflow code. Structured: code, message, retryable, plus extra fields.
 ---------------------------------------------------------------------------------------------
-local Error = { __metatable = false }
-Error.__index = Error
+local error_methods = {}
+local Error = { __index = error_methods, __metatable = false }
 Error.__tostring = function(e)
   if e.action then
-    return ("action '%s' failed: %s: %s"):format(e.action, tostring(e.code), tostring(e.message))
+    return sformat("action '%s' failed: %s: %s", e.action, tostring(e.code), tostring(e.message))
   end
-  return ("%s: %s"):format(tostring(e.code), tostring(e.message))
+  return sformat("%s: %s", tostring(e.code), tostring(e.message))
 end
 M.Error = Error
 
@@ -117,11 +119,11 @@ function M.describe_error(e)
     local code, message = plain(rawget(e, "code")), plain(rawget(e, "message"))
     if message then
       local action = rawgetmetatable(e) == Error and plain(rawget(e, "action"))
-      if action then return ("action '%s' failed: %s: %s"):format(action, code or "error", message) end
-      return code and ("%s: %s"):format(code, message) or message
+      if action then return sformat("action '%s' failed: %s: %s", action, code or "error", message) end
+      return code and sformat("%s: %s", code, message) or message
     end
   end
-  return ("(error object is a %s value)"):format(t)
+  return sformat("(error object is a %s value)", t)
 end
 
 -- The error code of an error value, or nil.
@@ -164,9 +166,9 @@ local function command(kind, name, arg)
 end
 
 local function check_name(what, s, level)
-  if type(s) ~= "string" or s == "" or #s > 128 or s:find("[|%c]") then
-    error(("%s must be a non-empty string of at most 128 bytes without '|' or control " ..
-      "characters, got %s"):format(what, type(s) == "string" and ("%q"):format(s) or type(s)), level + 1)
+  if type(s) ~= "string" or s == "" or #s > 128 or sfind(s, "[|%c]") then
+    error(sformat("%s must be a non-empty string of at most 128 bytes without '|' or control " ..
+      "characters, got %s", what, type(s) == "string" and sformat("%q", s) or type(s)), level + 1)
   end
 end
 
@@ -175,37 +177,43 @@ end
 ---------------------------------------------------------------------------------------------
 -- Metatables shared by every instance are protected: one instance must not be able to
 -- change what ctx does for the others.
-local Ctx = { __metatable = false }
-Ctx.__index = Ctx
+local Ctx = {} -- the methods; instances see them through ctx_mt, never the table itself
+local ctx_mt = { __index = Ctx, __metatable = false }
 
 local function actions_proxy()
-  local cache = {}
+  local cache = setmetatable({}, { __mode = "v" }) -- shared by every instance: must not grow
   return setmetatable({}, {
     __index = function(_, name)
       if type(name) ~= "string" then return nil end
+      if #name > 128 or not smatch(name, "^[%w_%.]+$") then
+        error(sformat("ctx.actions: bad action name %q (letters, digits, '_' and '.', at most 128)",
+          #name > 40 and string.sub(name, 1, 40) .. "..." or name), 2)
+      end
       local f = cache[name]
       if not f then
         f = function(params, ...)
           if select("#", ...) > 0 and type((...)) ~= "table" and (...) ~= nil then
-            error(("ctx.actions.%s(params, opts): opts must be a table"):format(name), 2)
+            error(sformat("ctx.actions.%s(params, opts): opts must be a table", name), 2)
           end
           local ok, payload = pcall(json.encode, params == nil and json.null or params)
           if not ok then
-            error(("params of action '%s' cannot be stored as JSON: %s"):format(name, payload), 2)
+            error(sformat("params of action '%s' cannot be stored as JSON: %s", name, payload), 2)
           end
-          return command("action", name, payload)
+          local result = command("action", name, payload) -- not a tail call: errors need this frame
+          return result
         end
         cache[name] = f
       end
       return f
     end,
     __newindex = function() error("ctx.actions is read-only", 2) end,
+    __metatable = false,
   })
 end
 
-local Log = { __metatable = false }
-Log.__index = Log
-Log.__newindex = function() error("ctx.log is read-only", 2) end
+local Log = {}
+local log_mt = { __index = Log, __newindex = function() error("ctx.log is read-only", 2) end,
+                 __metatable = false }
 for _, level in ipairs { "debug", "info", "warn", "error" } do
   Log[level] = function(_, msg, fields)
     local fjson
@@ -220,14 +228,14 @@ end
 -- ctx.actions and ctx.log act on the instance whose coroutine is running (command yields
 -- from it; note records for it), so every instance shares the same two.
 local shared_actions = actions_proxy()
-local shared_log = setmetatable({}, Log)
+local shared_log = setmetatable({}, log_mt)
 
 -- Creates the ctx of one instance.
 function M.new_ctx(id, workflow, version)
   return setmetatable({
     id = id, workflow = workflow, version = version,
     data = {}, actions = shared_actions, log = shared_log, _state = nil,
-  }, Ctx)
+  }, ctx_mt)
 end
 
 function Ctx:wait_for(names, opts)
@@ -290,7 +298,7 @@ local Definition = { __metatable = false }
 function M.define(spec)
   if type(spec) ~= "table" then error("workflow.define expects a table { name, version, run }", 2) end
   local name, version, run = spec.name, spec.version or 1, spec.run
-  if type(name) ~= "string" or not name:match("^[%w_%.%-]+$") or #name > 128 then
+  if type(name) ~= "string" or not smatch(name, "^[%w_%.%-]+$") or #name > 128 then
     error("workflow.define: name must be a string of letters, digits, '_', '.' or '-'", 2)
   end
   if math.type(version) ~= "integer" or version < 1 then
@@ -355,14 +363,14 @@ local function sorted_pairs(t)
     i = i + 1
     local k = keys[i]
     if k ~= nil then return k, rawget(t, k) end
-  end, t, nil
+  end, nil, nil -- never the table itself: t may be what a read-only view hides
 end
 M.sorted_pairs = sorted_pairs
 
 function M.readonly(t, what)
   return setmetatable({}, {
     __index = t,
-    __newindex = function(_, k) error(("%s.%s cannot be changed in workflow code"):format(what, tostring(k)), 2) end,
+    __newindex = function(_, k) error(sformat("%s.%s cannot be changed in workflow code", what, tostring(k)), 2) end,
     __pairs = function() return sorted_pairs(t) end,
     __len = function() return #t end,
     __metatable = false,
@@ -378,10 +386,10 @@ function M.readonly_deep(t, what)
     if v then return v end
     v = setmetatable({}, {
       __index = function(_, k) return view(x[k], name) end,
-      __newindex = function(_, k) error(("%s.%s cannot be changed: modules are shared by every instance"):format(name, tostring(k)), 2) end,
+      __newindex = function(_, k) error(sformat("%s.%s cannot be changed: modules are shared by every instance", name, tostring(k)), 2) end,
       __pairs = function()
         local it, s, c = sorted_pairs(x)
-        return function() local k, val = it(s, c); c = k; if k ~= nil then return k, view(val, name) end end, s, nil
+        return function() local k, val = it(s, c); c = k; if k ~= nil then return k, view(val, name) end end, nil, nil
       end,
       __len = function() return #x end,
       __metatable = false,
@@ -458,7 +466,7 @@ function M.make_base(print_fn, require_fn)
       if why then error(why, 2) end
       return nil
     end,
-    __newindex = function(_, k) error(("cannot assign global '%s' in workflow code: use a local"):format(tostring(k)), 2) end,
+    __newindex = function(_, k) error(sformat("cannot assign global '%s' in workflow code: use a local", tostring(k)), 2) end,
     __metatable = false,
   })
 end
@@ -467,7 +475,7 @@ end
 function M.make_env(base)
   return setmetatable({}, {
     __index = base,
-    __newindex = function(_, k) error(("cannot assign global '%s' in workflow code: use a local"):format(tostring(k)), 2) end,
+    __newindex = function(_, k) error(sformat("cannot assign global '%s' in workflow code: use a local", tostring(k)), 2) end,
     __metatable = false,
   })
 end

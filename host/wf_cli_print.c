@@ -66,8 +66,10 @@ void wf_cli_json_str(FILE *f, const char *s) {
 
 /* A small JSON validator, to embed the library's JSON text raw only when it really is JSON:
  * the output of --json must parse whatever a database holds. The library's own check is
- * lua-cjson's decoder, which accepts more than JSON (NaN, Infinity, 0x10, 01, 1., control
- * characters inside strings). Each returns the position after the value, or NULL. */
+ * lua-cjson's decoder; the host configures it to refuse NaN, Infinity, hex and leading zeros,
+ * but it still accepts forms that are not JSON (1., raw control characters inside strings,
+ * invalid UTF-8), and an action's result is stored without any check. Each returns the
+ * position after the value, or NULL. */
 static const char *jv_value(const char *p, int depth);
 
 static const char *jv_ws(const char *p) {

@@ -73,7 +73,8 @@ typedef struct wf_config {
   wf_durability durability;   /* default WF_DURABILITY_FULL */
   uv_loop_t *loop;            /* run on this loop; NULL: the host creates and owns one */
   int cache_size;             /* live coroutines kept in memory; 0: 10000 */
-  int64_t instruction_budget; /* Lua VM instructions per resume of one instance; 0: 100 million */
+  int64_t instruction_budget; /* Lua VM instructions in one step of an instance (from one park
+                                 to the next); 0: 100 million */
   size_t memory_limit;        /* bytes for the whole workflow Lua state; 0: 1 GiB */
   size_t max_payload;         /* largest input/event/result JSON in bytes; 0: 1 MiB */
   int poll_interval_ms;       /* how often a host checks for requests from other processes; 0: 10 */
@@ -94,8 +95,10 @@ void wf_config_init(wf_config *cfg);
  * written by a newer wfhost, WF_IO if it cannot be opened. */
 int wf_host_open(const char *db_path, const wf_config *cfg, wf_host **out /* OUT */);
 
-/* Stops the host if running, closes every handle it owns and frees it. Work that was not
- * committed is not lost: it is redone from the database by the next host. NULL is a no-op.
+/* Stops the host if running, closes every handle it owns and frees it. Requests already
+ * accepted (a wf_start() whose done() has not been called yet, ...) are committed and answered
+ * in a last batch before the handle goes. Other work that was not committed is not lost: it is
+ * redone from the database by the next host. NULL is a no-op.
  * On the application's loop, call it outside the loop's callbacks (after uv_run returns):
  * it runs that loop once without blocking (UV_RUN_NOWAIT) to finish closing its handles.
  * Action calls still in flight may be completed afterwards; their results are dropped. */
@@ -252,8 +255,8 @@ uv_loop_t *wf_host_loop(wf_host *h);
  * wf_host_drain() if needed; call it yourself when you drive the loop. Idempotent. */
 int wf_host_start(wf_host *h);
 
-/* Runs the loop until wf_host_stop() (or a signal handler calling it). Returns WF_OK, or
- * the error that stopped the host. */
+/* Runs the loop until wf_host_stop() (or a signal handler calling it). Returns WF_OK once the
+ * loop stops, or the error of wf_host_start(). */
 int wf_host_run(wf_host *h);
 
 /* Runs the loop until no work is ready: every instance is waiting on an event or a future

@@ -80,6 +80,12 @@ static const char *jv_ws(const char *p) {
 static const char *jv_string(const char *p) {
   for (p++; *p != '"'; p++) {
     if ((unsigned char)*p < 0x20) return NULL;
+    if ((unsigned char)*p >= 0x80) { /* JSON text is UTF-8: a bad sequence is not JSON */
+      int n = utf8_seq((const unsigned char *)p);
+      if (n == 0) return NULL;
+      p += n - 1;
+      continue;
+    }
     if (*p == '\\') {
       p++;
       if (*p == 'u') {

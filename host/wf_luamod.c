@@ -34,7 +34,6 @@ typedef struct {
   lua_State *cb;    /* a thread of its own for calling actions from the engine */
   int cb_ref;
   int actions_ref;  /* name -> Lua function */
-  int json_ref;     /* the cjson module */
   int64_t vnow;     /* the virtual clock, when enabled */
   int virtual_time;
 } lhost;
@@ -55,60 +54,63 @@ static lhost *check_host(lua_State *L) {
   return lh;
 }
 
-/* JSON through cjson in the caller's state. */
-static const char *to_json(lua_State *L, lhost *lh, int idx) {
+/* JSON exactly as workflows see it: the host's own Lua side (lua/wf_ctx.lua, compiled into
+ * the library as wf_embedded), loaded once into the caller's state. Its decode turns whole
+ * numbers into integers and drops null fields; its encode writes sparse arrays as objects. */
+typedef struct {
+  const char *name;
+  const char *data;
+  size_t len;
+} wf_embedded_file;
+extern const wf_embedded_file wf_embedded[]; /* private to the build; see cmake/embed.cmake */
+
+static int noop(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+/* Pushes the host's Lua-side module (cached in the registry). */
+static void push_host_lua(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "wfhost.lua_side") == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  const wf_embedded_file *f = wf_embedded;
+  while (f->name && strcmp(f->name, "wf_ctx") != 0) f++;
+  if (!f->name || luaL_loadbufferx(L, f->data, f->len, "=[wfhost]", "t") != LUA_OK)
+    luaL_error(L, "wfhost: the host's Lua side is missing from this build");
+  lua_pushcfunction(L, noop);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  lua_call(L, 1, 1);
+  lua_call(L, 2, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "wfhost.lua_side");
+}
+
+/* Encodes the value at idx; the JSON text is left on the stack (NULL for nil). */
+static const char *to_json(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   if (lua_isnoneornil(L, idx)) return NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+  push_host_lua(L);
   lua_getfield(L, -1, "encode");
   lua_remove(L, -2);
   lua_pushvalue(L, idx);
   lua_call(L, 1, 1);
-  return lua_tostring(L, -1); /* left on the stack */
+  return lua_tostring(L, -1);
 }
 
-/* cjson 2.1 decodes every number as a float; whole numbers become integers (as in the host),
- * so a spec compares 2 with 2, not 2.0. */
-static void normalize(lua_State *L, int idx) {
-  idx = lua_absindex(L, idx);
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -1) == LUA_TTABLE) {
-      normalize(L, -1);
-    } else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-      lua_Number n = lua_tonumber(L, -1);
-      lua_Integer i;
-      if (n > -9007199254740992.0 && n < 9007199254740992.0 && lua_numbertointeger(n, &i) && (lua_Number)i == n) {
-        lua_pushvalue(L, -2);
-        lua_pushinteger(L, i);
-        lua_settable(L, idx);
-      }
-    }
-    lua_pop(L, 1);
-  }
-}
-
-static void push_json(lua_State *L, lhost *lh, const char *json) {
+/* Pushes the decoded value of json (nil for NULL; the text itself if it is not JSON). */
+static void push_json(lua_State *L, const char *json) {
   if (!json) {
     lua_pushnil(L);
     return;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+  push_host_lua(L);
   lua_getfield(L, -1, "decode");
   lua_remove(L, -2);
   lua_pushstring(L, json);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     lua_pop(L, 1);
     lua_pushstring(L, json);
-  } else if (lua_istable(L, -1)) {
-    normalize(L, -1);
-  } else if (lua_type(L, -1) == LUA_TNUMBER) {
-    lua_Number n = lua_tonumber(L, -1);
-    lua_Integer i;
-    if (lua_numbertointeger(n, &i) && (lua_Number)i == n) {
-      lua_pop(L, 1);
-      lua_pushinteger(L, i);
-    }
   }
 }
 
@@ -130,7 +132,7 @@ static int l_open(lua_State *L) {
   const char *db = luaL_checkstring(L, -1);
   lhost *lh = lua_newuserdatauv(L, sizeof *lh, 0);
   memset(lh, 0, sizeof *lh);
-  lh->cb_ref = lh->actions_ref = lh->json_ref = LUA_NOREF;
+  lh->cb_ref = lh->actions_ref = LUA_NOREF;
   luaL_setmetatable(L, HOST_MT);
   int ud = lua_gettop(L);
 
@@ -162,35 +164,19 @@ static int l_open(lua_State *L) {
                   : !strcmp(ll, "none") ? (wf_log_level)99 : WF_LOG_WARN;
   lua_pop(L, 2);
 
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "cjson");
-  lua_call(L, 1, 1);
-  lh->json_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   lh->actions_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lh->cb = lua_newthread(L);
   lh->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   int rc = wf_host_open(db, &cfg, &lh->h);
+  lua_getfield(L, 1, "workflows");
+  if (rc == WF_OK && lua_isstring(L, -1) && cfg.mode == WF_MODE_HOST) rc = wf_load_dir(lh->h, lua_tostring(L, -1));
   if (rc != WF_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, wf_errmsg(lh->h));
-    lua_pushstring(L, rc_names[rc]);
+    int n = push_fail(L, lh, rc);
     wf_host_close(lh->h);
     lh->h = NULL;
-    return 3;
-  }
-  lua_getfield(L, 1, "workflows");
-  if (lua_isstring(L, -1) && cfg.mode == WF_MODE_HOST) {
-    rc = wf_load_dir(lh->h, lua_tostring(L, -1));
-    if (rc != WF_OK) {
-      lua_pushnil(L);
-      lua_pushstring(L, wf_errmsg(lh->h));
-      lua_pushstring(L, rc_names[rc]);
-      wf_host_close(lh->h);
-      lh->h = NULL;
-      return 3;
-    }
+    return n;
   }
   lua_pushvalue(L, ud);
   return 1;
@@ -202,8 +188,7 @@ static int l_close(lua_State *L) {
   lh->h = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, lh->cb_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lh->actions_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, lh->json_ref);
-  lh->cb_ref = lh->actions_ref = lh->json_ref = LUA_NOREF;
+  lh->cb_ref = lh->actions_ref = LUA_NOREF;
   return 0;
 }
 
@@ -257,7 +242,7 @@ static int l_call_ok(lua_State *L) {
     return 0;
   }
   lua_settop(L, 2);
-  const char *json = to_json(L, lc->lh, 2);
+  const char *json = to_json(L, 2);
   wf_call *c = lc->c;
   lc->c = NULL;
   wf_call_ok(c, json);
@@ -295,7 +280,7 @@ static void lua_action(wf_call *c, void *ud) {
     lua_getfield(L, -1, "*");
   }
   lua_remove(L, -2);
-  push_json(L, lh, wf_call_params(c));
+  push_json(L, wf_call_params(c));
   lcall *lc = lua_newuserdatauv(L, sizeof *lc, 1);
   lc->c = c;
   lc->lh = lh;
@@ -321,7 +306,7 @@ static void lua_action(wf_call *c, void *ud) {
   if (rc != LUA_OK) {
     fail_from_value(L, c, -1);
   } else {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lh->json_ref);
+    push_host_lua(L);
     lua_getfield(L, -1, "encode");
     lua_pushvalue(L, -3);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) wf_call_fail(c, "bad_result", lua_tostring(L, -1), 0);
@@ -362,7 +347,7 @@ static int l_register_action(lua_State *L) {
 static int l_start(lua_State *L) {
   lhost *lh = check_host(L);
   const char *wf = luaL_checkstring(L, 2);
-  const char *json = to_json(L, lh, 3);
+  const char *json = to_json(L, 3);
   const char *id = luaL_optstring(L, 4, NULL);
   char out[WF_ID_MAX + 1];
   int rc = wf_start(lh->h, wf, json, id, out, NULL, NULL);
@@ -375,7 +360,7 @@ static int l_signal(lua_State *L) {
   lhost *lh = check_host(L);
   const char *id = luaL_checkstring(L, 2);
   const char *ev = luaL_checkstring(L, 3);
-  const char *json = to_json(L, lh, 4);
+  const char *json = to_json(L, 4);
   int rc = wf_signal(lh->h, id, ev, json, NULL, NULL);
   if (rc != WF_OK) return push_fail(L, lh, rc);
   lua_pushboolean(L, 1);
@@ -425,7 +410,7 @@ static void set_str(lua_State *L, const char *k, const char *v) {
   lua_setfield(L, -2, k);
 }
 
-static void push_info(lua_State *L, lhost *lh, const wf_info *i) {
+static void push_info(lua_State *L, const wf_info *i) {
   lua_createtable(L, 0, 12);
   set_str(L, "id", i->id);
   set_str(L, "workflow", i->workflow);
@@ -435,11 +420,11 @@ static void push_info(lua_State *L, lhost *lh, const wf_info *i) {
   set_str(L, "state", i->state);
   set_str(L, "error", i->error);
   set_str(L, "waiting_for", i->waiting_for);
-  push_json(L, lh, i->input_json);
+  push_json(L, i->input_json);
   lua_setfield(L, -2, "input");
-  push_json(L, lh, i->data_json);
+  push_json(L, i->data_json);
   lua_setfield(L, -2, "data");
-  push_json(L, lh, i->output_json);
+  push_json(L, i->output_json);
   lua_setfield(L, -2, "output");
   lua_pushinteger(L, i->created_at);
   lua_setfield(L, -2, "created_at");
@@ -452,7 +437,7 @@ static int l_get(lua_State *L) {
   wf_info *i;
   int rc = wf_get(lh->h, luaL_checkstring(L, 2), &i);
   if (rc != WF_OK) return push_fail(L, lh, rc);
-  push_info(L, lh, i);
+  push_info(L, i);
   wf_info_free(i);
   return 1;
 }
@@ -472,7 +457,7 @@ static int l_list(lua_State *L) {
   if (rc != WF_OK) return push_fail(L, lh, rc);
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
-    push_info(L, lh, &list[i]);
+    push_info(L, &list[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   wf_info_list_free(list, n);
@@ -494,7 +479,7 @@ static int l_history(lua_State *L) {
     lua_setfield(L, -2, "seq");
     set_str(L, "kind", e[i].kind);
     set_str(L, "name", e[i].name);
-    push_json(L, lh, e[i].data_json);
+    push_json(L, e[i].data_json);
     lua_setfield(L, -2, "data");
     lua_pushinteger(L, e[i].at);
     lua_setfield(L, -2, "at");
@@ -516,13 +501,16 @@ static int l_load_plugin(lua_State *L) {
   if (!so) {
     lua_pushnil(L);
     lua_pushfstring(L, "cannot load plugin %s: %s", path, dlerror());
-    return 2;
+    lua_pushliteral(L, "not_found");
+    return 3;
   }
   wf_plugin_init_fn init = (wf_plugin_init_fn)(uintptr_t)dlsym(so, WF_PLUGIN_INIT_SYMBOL);
   if (!init) {
+    dlclose(so);
     lua_pushnil(L);
     lua_pushfstring(L, "plugin %s has no %s function", path, WF_PLUGIN_INIT_SYMBOL);
-    return 2;
+    lua_pushliteral(L, "not_found");
+    return 3;
   }
   int rc = init(lh->h);
   if (rc != WF_OK) return push_fail(L, lh, rc);
@@ -595,5 +583,9 @@ int luaopen_wfhost(lua_State *L) {
   lua_setfield(L, -2, "open");
   lua_pushstring(L, WFHOST_VERSION);
   lua_setfield(L, -2, "version");
+  push_host_lua(L); /* durations exactly as workflows read them, in milliseconds */
+  lua_getfield(L, -1, "duration_ms");
+  lua_setfield(L, -3, "duration_ms");
+  lua_pop(L, 1);
   return 1;
 }

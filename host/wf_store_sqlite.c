@@ -559,7 +559,7 @@ int wf_store_checkpoint(wf_store *st, int idle, int *pending) {
   int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
   if (rc != SQLITE_OK && rc != SQLITE_BUSY)
     return set_err(st, map_rc(rc), "checkpoint: %s", sqlite3_errmsg(st->db));
-  st->wal_frames = log - done;
+  if (rc == SQLITE_OK && log >= 0) st->wal_frames = log - done; /* BUSY reports -1: keep it */
   if (pending) *pending = st->wal_frames >= 1000;
   return WF_OK;
 }

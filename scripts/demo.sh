@@ -10,6 +10,7 @@ dir="$build/demo"
 rm -rf "$dir"
 mkdir -p "$dir"
 export WFHOST_DB="$dir/wfhost.db"
+host=
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 start_host() {

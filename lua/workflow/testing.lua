@@ -19,11 +19,9 @@ local spy = require "luassert.spy"
 
 local M = {}
 
--- Durations exactly as workflows read them: the host's own parser, loaded from lua/wf_ctx.lua.
-local ctxlib = assert(loadfile(assert(package.searchpath("wf_ctx", package.path))))(function() end, require "cjson")
-
+-- Durations exactly as workflows read them: the host's own parser.
 local function ms(d)
-  local ok, v = pcall(ctxlib.duration_ms, d)
+  local ok, v = pcall(wfhost.duration_ms, d)
   if not ok then error(tostring(v):gsub("^.-: ", ""), 3) end
   return v
 end
@@ -185,6 +183,10 @@ local function tmpdb()
   return p .. ".db"
 end
 
+local function remove_db(p)
+  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(p .. suffix) end
+end
+
 local function open(env)
   local h, err = wfhost.open {
     db = env.db, workflows = env.workflows, virtual_time = true, now = env.clock,
@@ -305,7 +307,7 @@ function Env:close()
   open_envs[self] = nil
   if self.h then self.h:close() end
   self.h = nil
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(self.db .. suffix) end
+  remove_db(self.db)
 end
 
 ---------------------------------------------------------------------------------------------
@@ -328,6 +330,9 @@ end
 -- against the workflows in dir. Returns a list of { id =, workflow =, status =, divergence = }
 -- for the instances that diverge (empty when all agree), and the number checked.
 function M.replay(db, dir)
+  local f = io.open(db, "rb") -- opening a client would create a mistyped path, and pass
+  if not f then error("workflow.testing.replay: no database at " .. tostring(db), 2) end
+  f:close()
   local copy = tmpdb()
   local client = assert(wfhost.open { db = db, client = true, log_level = "none" })
   local ok, err = client:snapshot(copy)
@@ -335,20 +340,23 @@ function M.replay(db, dir)
   if not ok then error("workflow.testing.replay: " .. tostring(err), 2) end
   local h, oerr = wfhost.open { db = copy, workflows = dir, log_level = "none" }
   if not h then
-    os.remove(copy)
+    remove_db(copy)
     error("workflow.testing.replay: " .. tostring(oerr), 2)
   end
   local diverging, n = {}, 0
-  for _, info in ipairs(assert(h:list())) do
-    n = n + 1
-    local agrees, report = h:replay_check(info.id)
-    if agrees == nil then report = "cannot check: " .. tostring(report) end
-    if not agrees then
-      diverging[#diverging + 1] = { id = info.id, workflow = info.workflow, status = info.status, divergence = report }
+  local checked, cerr = pcall(function()
+    for _, info in ipairs(assert(h:list())) do
+      n = n + 1
+      local agrees, report = h:replay_check(info.id)
+      if agrees == nil then report = "cannot check: " .. tostring(report) end
+      if not agrees then
+        diverging[#diverging + 1] = { id = info.id, workflow = info.workflow, status = info.status, divergence = report }
+      end
     end
-  end
+  end)
   h:close()
-  for _, suffix in ipairs { "", "-wal", "-shm", ".lock" } do os.remove(copy .. suffix) end
+  remove_db(copy)
+  if not checked then error("workflow.testing.replay: " .. tostring(cerr), 2) end
   return diverging, n
 end
 

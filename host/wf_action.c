@@ -57,12 +57,12 @@ void wf_action_dispatch(wf_host *h, wf_instance *in) {
   wf_call *c = calloc(1, sizeof *c);
   if (!c) abort();
   c->host = h;
-  c->action = a;
   c->instance_id = wf_strdup(in->id);
   c->seq = in->pend.seq;
   c->attempt = in->pend.attempt;
   c->name = wf_strdup(in->pend.name);
-  c->params = wf_strdup(in->pend.params ? in->pend.params : "null");
+  c->params = in->pend.params ? in->pend.params : wf_strdup("null"); /* moved: pend no longer needs it */
+  in->pend.params = NULL;
   snprintf(c->key, sizeof c->key, "%s:%" PRId64, in->id, in->pend.seq);
   c->next = h->calls;
   if (h->calls) h->calls->prev = c;
@@ -182,11 +182,7 @@ static void action_log(wf_call *c, void *ud) {
   lua_getfield(L, -1, "message");
   lua_getfield(L, -2, "level");
   const char *lvl = lua_tostring(L, -1);
-  wf_log_level level = !lvl ? WF_LOG_INFO
-                       : !strcmp(lvl, "debug") ? WF_LOG_DEBUG
-                       : !strcmp(lvl, "warn") ? WF_LOG_WARN
-                       : !strcmp(lvl, "error") ? WF_LOG_ERROR : WF_LOG_INFO;
-  wf_log(h, level, wf_call_instance(c), NULL, "%s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
+  wf_log(h, wf_log_level_parse(lvl), wf_call_instance(c), NULL, "%s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
   lua_pop(L, 3);
   wf_call_ok(c, "{}");
 }

@@ -172,6 +172,13 @@ static void stderr_log(void *ud, wf_log_level level, const char *instance, const
           instance ? "] " : "", msg, fields_json ? " " : "", fields_json ? fields_json : "");
 }
 
+wf_log_level wf_log_level_parse(const char *s) {
+  if (s && !strcmp(s, "debug")) return WF_LOG_DEBUG;
+  if (s && !strcmp(s, "warn")) return WF_LOG_WARN;
+  if (s && !strcmp(s, "error")) return WF_LOG_ERROR;
+  return WF_LOG_INFO;
+}
+
 void wf_log(wf_host *h, wf_log_level lvl, const char *instance, const char *fields_json,
             const char *fmt, ...) {
   if (lvl < h->cfg.log_level) return;
@@ -443,6 +450,8 @@ int wf_get(wf_host *h, const char *id, wf_info **out) {
 }
 
 int wf_list(wf_host *h, const char *status, const char *workflow, int limit, wf_info **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
   if (!h) return WF_MISUSE;
   int rc = wf_store_list_instances(h->st, status, workflow, limit, out, n);
   if (rc != WF_OK) return wf_fail(h, rc, "%s", wf_store_errmsg(h->st));
@@ -450,6 +459,8 @@ int wf_list(wf_host *h, const char *status, const char *workflow, int limit, wf_
 }
 
 int wf_history(wf_host *h, const char *id, wf_history_entry **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
   if (!h) return WF_MISUSE;
   wf_status st;
   int rc = lookup(h, id, &st, NULL);

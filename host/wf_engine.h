@@ -48,7 +48,6 @@ typedef struct wf_action wf_action;
 
 struct wf_call {
   wf_host *host;        /* NULL once the host closed: the completion is then dropped */
-  wf_action *action;
   char *instance_id;
   int64_t seq;
   int attempt;
@@ -245,6 +244,8 @@ struct wf_host {
 int wf_fail(wf_host *h, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void wf_log(wf_host *h, wf_log_level lvl, const char *instance, const char *fields_json,
             const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* "debug", "warn", "error"; anything else (or NULL) is info. */
+wf_log_level wf_log_level_parse(const char *s);
 char *wf_strdup(const char *s); /* NULL-safe; aborts on out of memory like the rest of the host */
 void *wf_xmalloc(size_t n);
 void *wf_xrealloc(void *p, size_t n);

@@ -787,10 +787,8 @@ static int deliver(wf_host *h, wf_instance *in) {
     n = 2;
     break;
   case WF_PEND_WAIT: {
-    char *names = wf_strdup(in->pend.name);
     int64_t due = in->pend.due;
-    wf_event *ev = wf_inbox_take(in, names);
-    free(names);
+    wf_event *ev = wf_inbox_take(in, in->pend.name);
     if (ev) {
       n = take_event(h, in, seq, ev, due);
       break;
@@ -835,16 +833,14 @@ int wf_step_note(lua_State *L) {
   if (!in) return 0;
   if (!strcmp(kind, "state")) {
     const char *label = lua_tostring(L, 3);
-    free(in->state);
-    in->state = wf_strdup(label);
-    in->row_dirty = 1;
+    if ((label == NULL) != (in->state == NULL) || (label && strcmp(label, in->state) != 0)) {
+      free(in->state);
+      in->state = wf_strdup(label);
+      in->row_dirty = 1;
+    }
     if (!in->replaying) wf_engine_history(h, in, in->seq, "state", label, NULL);
   } else if (!strcmp(kind, "log") && !in->replaying) {
-    const char *lvl = luaL_checkstring(L, 3);
-    wf_log_level level = !strcmp(lvl, "debug") ? WF_LOG_DEBUG
-                         : !strcmp(lvl, "warn") ? WF_LOG_WARN
-                         : !strcmp(lvl, "error") ? WF_LOG_ERROR : WF_LOG_INFO;
-    wf_log(h, level, in->id, lua_tostring(L, 5), "%s", luaL_checkstring(L, 4));
+    wf_log(h, wf_log_level_parse(luaL_checkstring(L, 3)), in->id, lua_tostring(L, 5), "%s", luaL_checkstring(L, 4));
   }
   return 0;
 }

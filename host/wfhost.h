@@ -118,8 +118,9 @@ const char *wf_strerror(int rc);
  * if any file fails (nothing from dir is loaded then). */
 int wf_load_dir(wf_host *h, const char *dir);
 
-/* Checks the workflow files in dir without running anything: syntax, that each file returns
- * a definition, duplicate names. Returns WF_OK, or WF_LUA with one line per problem
+/* Checks the workflow files in dir without starting any instance: syntax, that each file
+ * returns a definition, duplicate names. Each file's top-level code (and the modules it
+ * requires) runs, in the sandbox and under the limits, as when loading. Returns WF_OK, or WF_LUA with one line per problem
  * ("file:line: message") in wf_errmsg(). Works in both modes. */
 int wf_check_dir(wf_host *h, const char *dir);
 

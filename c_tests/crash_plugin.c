@@ -141,7 +141,7 @@ static void record(wf_call *c, void *ud) {
   if (append_line(c) != 0) {
     char msg[512];
     snprintf(msg, sizeof msg, "cannot append to WF_CRASH_LOG '%s': %s", log_path, strerror(errno));
-    wf_call_fail(c, "record_log", msg, 0);
+    wf_call_fail(c, "record_log", msg, WF_PERMANENT);
     return;
   }
   if (delay_ms == 0) {
@@ -150,7 +150,7 @@ static void record(wf_call *c, void *ud) {
   }
   uv_timer_t *t = malloc(sizeof *t);
   if (!t) {
-    wf_call_fail(c, "no_memory", "out of memory", 1);
+    wf_call_fail(c, "no_memory", "out of memory", WF_TRANSIENT);
     return;
   }
   uv_timer_init(wf_host_loop(wf_call_host(c)), t);
@@ -168,5 +168,5 @@ int wfhost_plugin_init(wf_host *h) {
   if (db_path && !*db_path) db_path = NULL;
   const char *d = getenv("WF_CRASH_DELAY_MS");
   delay_ms = d && *d ? (unsigned)strtoul(d, NULL, 10) : 0;
-  return wf_register_action(h, "record", record, NULL);
+  return wf_register_action(h, "record", record, NULL, NULL);
 }

@@ -52,7 +52,7 @@ static void free_handle(uv_handle_t *h) { free(h->data); }
 
 static void lookup_reply(uv_timer_t *t) {
   pending_lookup *p = t->data;
-  wf_call_ok(p->call, "{\"tier\":\"gold\"}"); /* or wf_call_fail(call, "code", "why", retryable) */
+  wf_call_ok(p->call, "{\"tier\":\"gold\"}"); /* or wf_call_fail(call, "type", "why", WF_PERMANENT) */
   uv_close((uv_handle_t *)&p->timer, free_handle);
 }
 
@@ -136,8 +136,8 @@ int main(void) {
   rc = wf_load_dir(app.host, wf_dir);
   if (rc != WF_OK) fprintf(stderr, "load: %s\n", wf_errmsg(app.host));
   CHECK(rc == WF_OK);
-  CHECK(wf_register_action(app.host, "greet", greet, NULL) == WF_OK);
-  CHECK(wf_register_action(app.host, "lookup", lookup, &app_loop) == WF_OK);
+  CHECK(wf_register_action(app.host, "greet", greet, NULL, NULL) == WF_OK);
+  CHECK(wf_register_action(app.host, "lookup", lookup, &app_loop, NULL) == WF_OK);
   CHECK(wf_host_start(app.host) == WF_OK); /* recover earlier work, take requests */
 
   /* Start an instance with a JSON input; NULL id: the host makes one (copied to app.id). */

@@ -92,7 +92,7 @@ static void start(wf_host *h, const char *wf, const char *input, const char *id)
 /* A C action that fails with a structured error. */
 static void action_decline(wf_call *c, void *ud) {
   (void)ud;
-  wf_call_fail(c, "declined", "card declined", 0);
+  wf_call_fail(c, "declined", "card declined", WF_PERMANENT);
 }
 
 /* A C action that answers with malformed JSON. */
@@ -371,9 +371,9 @@ static void test_action_errors_and_async(void) {
              "  ctx.actions.decline {}\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  CHECK(wf_register_action(h, "decline", action_decline, NULL) == WF_OK);
-  CHECK(wf_register_action(h, "slow", action_slow, NULL) == WF_OK);
-  CHECK(wf_register_action(h, "garbage", action_garbage, NULL) == WF_OK);
+  CHECK(wf_register_action(h, "decline", action_decline, NULL, NULL) == WF_OK);
+  CHECK(wf_register_action(h, "slow", action_slow, NULL, NULL) == WF_OK);
+  CHECK(wf_register_action(h, "garbage", action_garbage, NULL, NULL) == WF_OK);
   start(h, "pay", NULL, "p1");
   start(h, "boom", NULL, "b1");
   CHECK(wf_host_drain(h) == WF_OK);
@@ -631,7 +631,7 @@ static void test_replay_check(void) {
              "  return a.action\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  CHECK(wf_register_action(h, "*", action_any, NULL) == WF_OK);
+  CHECK(wf_register_action(h, "*", action_any, NULL, NULL) == WF_OK);
   start(h, "rc", "{\"wait\":false}", "rc-done");
   start(h, "rc", "{\"wait\":true}", "rc-wait");
   CHECK(wf_host_drain(h) == WF_OK);

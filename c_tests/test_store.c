@@ -83,7 +83,7 @@ static void test_open_and_reopen(void) {
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
   CHECK(raw_sql(path, "PRAGMA journal_mode", out) == 0 && strcmp(out, "wal") == 0);
   CHECK(raw_sql(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'", out) == 0 &&
-        atoi(out) == 7); /* six tables and sqlite_sequence */
+        atoi(out) == 8); /* seven tables and sqlite_sequence */
 
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   wf_info *info = NULL;
@@ -92,6 +92,31 @@ static void test_open_and_reopen(void) {
   wf_info_free(info);
   wf_store_close(st);
   wf_store_close(NULL);
+}
+
+/* A database written by the first schema is migrated in place, its data kept. */
+static void test_migration_from_v1(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "old", "wf", "waiting", 10) == 1);
+  wf_store_close(st);
+  char out[64];
+  CHECK(raw_sql(path, "DROP TABLE breakers", out) == 0);
+  CHECK(raw_sql(path, "PRAGMA user_version = 1", out) == 0);
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == 2);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && !strcmp(info->status, "waiting"));
+  wf_info_free(info);
+  /* The new table works: a breaker written, read back. */
+  wf_breaker_rec r = {.action = "charge", .key = "eur", .state = "open", .calls = 20, .failures = 12,
+                      .open_until = 5000, .updated_at = 4000};
+  CHECK(wf_store_begin(st) == WF_OK && wf_store_put_breaker(st, &r) == WF_OK && wf_store_commit(st) == WF_OK);
+  r.state = "isolated"; /* a second write replaces the row */
+  CHECK(wf_store_begin(st) == WF_OK && wf_store_put_breaker(st, &r) == WF_OK && wf_store_commit(st) == WF_OK);
+  CHECK(raw_sql(path, "SELECT count(*) || state || calls || failures FROM breakers", out) == 0 &&
+        !strcmp(out, "1isolated2012"));
+  wf_store_close(st);
 }
 
 static void test_newer_schema_refused(void) {
@@ -601,6 +626,7 @@ static void test_concurrent_first_open(void) {
 
 int main(void) {
   test_open_and_reopen();
+  test_migration_from_v1();
   test_newer_schema_refused();
   test_garbage_refused();
   test_insert_is_idempotent();

@@ -51,7 +51,7 @@ static void charge_payment(wf_call *c, void *ud) {
   (void)ud;
   say(c);
   if (number_field(wf_call_params(c), "amount") > 10000)
-    wf_call_fail(c, "declined", "card declined: amount over the card's limit", 0);
+    wf_call_fail(c, "declined", "card declined: amount over the card's limit", WF_PERMANENT);
   else
     reply(c, "{\"id\":\"pay-%s\"}");
 }
@@ -73,7 +73,7 @@ static void ship(wf_call *c, void *ud) {
   say(c);
   uv_timer_t *t = malloc(sizeof *t);
   if (!t) {
-    wf_call_fail(c, "no_memory", "out of memory", 1);
+    wf_call_fail(c, "no_memory", "out of memory", WF_TRANSIENT);
     return;
   }
   uv_timer_init(wf_host_loop(wf_call_host(c)), t);
@@ -84,13 +84,18 @@ static void ship(wf_call *c, void *ud) {
 int wfhost_plugin_init(wf_host *h);
 int wfhost_plugin_init(wf_host *h) {
   int rc = WF_OK;
-  if (!rc) rc = wf_register_action(h, "notify", sent, NULL);
-  if (!rc) rc = wf_register_action(h, "send_email", sent, NULL);
-  if (!rc) rc = wf_register_action(h, "escalate", ok_action, NULL);
-  if (!rc) rc = wf_register_action(h, "reserve_inventory", reserve_inventory, NULL);
-  if (!rc) rc = wf_register_action(h, "release_inventory", ok_action, NULL);
-  if (!rc) rc = wf_register_action(h, "charge_payment", charge_payment, NULL);
-  if (!rc) rc = wf_register_action(h, "refund_payment", ok_action, NULL);
-  if (!rc) rc = wf_register_action(h, "ship", ship, NULL);
+  if (!rc) rc = wf_register_action(h, "notify", sent, NULL, NULL);
+  if (!rc) rc = wf_register_action(h, "send_email", sent, NULL, NULL);
+  if (!rc) rc = wf_register_action(h, "escalate", ok_action, NULL, NULL);
+  if (!rc) rc = wf_register_action(h, "reserve_inventory", reserve_inventory, NULL, NULL);
+  if (!rc) rc = wf_register_action(h, "release_inventory", ok_action, NULL, NULL);
+  /* A payment service: five attempts, and a breaker per currency (params.currency). */
+  wf_action_opts pay;
+  wf_action_opts_init(&pay);
+  pay.retry.max_attempts = 5;
+  pay.breaker.key_param = "currency";
+  if (!rc) rc = wf_register_action(h, "charge_payment", charge_payment, NULL, &pay);
+  if (!rc) rc = wf_register_action(h, "refund_payment", ok_action, NULL, NULL);
+  if (!rc) rc = wf_register_action(h, "ship", ship, NULL, NULL);
   return rc;
 }

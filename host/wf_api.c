@@ -235,6 +235,7 @@ void wf_host_close(wf_host *h) {
   if (!h) return;
   if (h->cfg.mode == WF_MODE_HOST && h->loop) wf_engine_shutdown(h);
   wf_action_free_all(h);
+  wf_breaker_free_all(h);
   wf_lua_close(h);
   wf_store_close(h->st);
   free(h->db_path);
@@ -430,6 +431,68 @@ static int request(wf_host *h, const char *id, wf_sub_kind kind, wf_done_fn done
   return rc;
 }
 
+/* ---- circuit breakers ---------------------------------------------------------------- */
+
+static void collect_breaker(void *ud, const wf_breaker_rec *r) {
+  struct { wf_breaker_info *list; size_t n, cap; } *acc = ud;
+  if (acc->n == acc->cap) {
+    acc->cap = acc->cap ? acc->cap * 2 : 16;
+    acc->list = wf_xrealloc(acc->list, acc->cap * sizeof *acc->list);
+  }
+  acc->list[acc->n++] = (wf_breaker_info){
+      .action = wf_strdup(r->action), .key = wf_strdup(r->key), .state = wf_strdup(r->state),
+      .calls = r->calls, .failures = r->failures,
+      .failure_ratio = r->calls ? (double)r->failures / (double)r->calls : 0,
+      .open_until = r->open_until, .updated_at = r->updated_at};
+}
+
+int wf_breakers(wf_host *h, wf_breaker_info **out, size_t *n) {
+  if (!h || !out || !n) return WF_MISUSE;
+  if (h->cfg.mode == WF_MODE_HOST) return wf_breaker_list(h, out, n);
+  struct { wf_breaker_info *list; size_t n, cap; } acc = {0};
+  int rc = wf_store_each_breaker(h->st, collect_breaker, &acc);
+  if (rc != WF_OK) {
+    wf_breakers_free(acc.list, acc.n);
+    return wf_fail(h, rc, "%s", wf_store_errmsg(h->st));
+  }
+  *out = acc.list;
+  *n = acc.n;
+  return WF_OK;
+}
+
+void wf_breakers_free(wf_breaker_info *list, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(list[i].action);
+    free(list[i].key);
+    free(list[i].state);
+  }
+  free(list);
+}
+
+static int breaker_request(wf_host *h, const char *action, const char *key, int isolate) {
+  if (!h) return WF_MISUSE;
+  if (!action || !*action || strlen(action) > 128 || strchr(action, 0x1f))
+    return wf_fail(h, WF_INVALID, "bad action name");
+  if (!key) key = "";
+  if (strlen(key) > 1024 || strchr(key, 0x1f)) return wf_fail(h, WF_INVALID, "bad breaker key");
+  if (h->cfg.mode == WF_MODE_HOST) {
+    wf_breaker_set(h, action, key, isolate);
+    h->ext_dirty = 1; /* a batch writes it */
+    if (h->started) wf_engine_kick(h);
+    return WF_OK;
+  }
+  size_t n = strlen(action) + strlen(key) + 2;
+  char *id = wf_xmalloc(n);
+  snprintf(id, n, *key ? "%s\x1f%s" : "%s", action, key);
+  int rc = wf_store_begin(h->st);
+  if (rc == WF_OK) rc = wf_store_add_request(h->st, id, isolate ? "isolate" : "close", wf_now(h));
+  free(id);
+  return client_commit(h, rc);
+}
+
+int wf_breaker_isolate(wf_host *h, const char *action, const char *key) { return breaker_request(h, action, key, 1); }
+int wf_breaker_close(wf_host *h, const char *action, const char *key) { return breaker_request(h, action, key, 0); }
+
 int wf_cancel(wf_host *h, const char *id, wf_done_fn done, void *ud) {
   return h ? request(h, id, WF_SUB_CANCEL, done, ud) : WF_MISUSE;
 }
@@ -518,8 +581,11 @@ int wf_snapshot(wf_host *h, const char *path) {
 
 int wf_next_timer(wf_host *h, int64_t *due) {
   if (!h || h->cfg.mode != WF_MODE_HOST) return WF_MISUSE;
-  if (!h->nheap) return wf_fail(h, WF_NOTFOUND, "no timer is armed");
-  *due = h->heap[0].due;
+  int64_t next = 0;
+  wf_action_expire(h, &next); /* a call's deadline is a timer too */
+  if (h->nheap && (!next || h->heap[0].due < next)) next = h->heap[0].due;
+  if (!next) return wf_fail(h, WF_NOTFOUND, "no timer is armed");
+  *due = next;
   return WF_OK;
 }
 

@@ -77,7 +77,13 @@ static wf_instance *get_or_stub(wf_host *h, const char *id) {
 void wf_instance_free_pend(wf_instance *in) {
   free(in->pend.name);
   free(in->pend.params);
-  free(in->pend.result);
+  wf_outcome_free(&in->pend.out);
+  free(in->pend.nonretry);
+  free(in->pend.key);
+  free(in->pend.brk_key);
+  free(in->pend.last_type);
+  free(in->pend.last_msg);
+  free(in->pend.last_fail);
   memset(&in->pend, 0, sizeof in->pend);
 }
 
@@ -315,6 +321,7 @@ static void on_wake(uv_timer_t *t) {
 void wf_engine_poll(wf_host *h, int look) {
   fire_due(h);
   arm_timer(h);
+  wf_action_expire(h, NULL);
   uint64_t now = uv_now(h->loop); /* at most one look per millisecond, unless asked */
   if ((look || now != h->ext_checked_at) && (h->ext_checked_at = now, wf_store_changed(h->st))) {
     h->ext_dirty = 1;
@@ -461,6 +468,13 @@ static void ingest_event(void *ud, const wf_event_rec *ev) {
 static void ingest_request(void *ud, int64_t req_id, const char *id, const char *kind) {
   wf_host *h = ud;
   (void)req_id;
+  if (!strcmp(kind, "isolate") || !strcmp(kind, "close")) { /* id: action, then \x1f and the key */
+    const char *sep = strchr(id, 0x1f);
+    char action[200];
+    snprintf(action, sizeof action, "%.*s", sep ? (int)(sep - id) : (int)strlen(id), id);
+    wf_breaker_set(h, action, sep ? sep + 1 : "", !strcmp(kind, "isolate"));
+    return;
+  }
   wf_instance *in = get_or_stub(h, id);
   if (!strcmp(kind, "cancel")) in->cancel_requested = 1;
   else if (!strcmp(kind, "retry")) in->retry_requested = 1;
@@ -500,7 +514,7 @@ static char *waiting_for(wf_instance *in) {
   char buf[600], t[32];
   switch (in->pend.kind) {
   case WF_PEND_ACTION:
-    snprintf(buf, sizeof buf, "action %s", in->pend.name);
+    wf_attempt_describe(in, buf, sizeof buf);
     break;
   case WF_PEND_WAIT:
     if (in->pend.due) {
@@ -591,6 +605,7 @@ static void run_batch(wf_host *h) {
   }
   for (wf_instance *in = h->touched_head; in; in = in->touched_next)
     if (in->loaded) write_row(h, in);
+  wf_breaker_write_dirty(h);
   h->in_batch = 0;
   if (h->batch_rc == WF_OK) h->batch_rc = wf_store_commit(h->st);
   else wf_store_rollback(h->st);
@@ -681,20 +696,35 @@ static void on_poll(uv_timer_t *t) {
 
 /* ---- calls --------------------------------------------------------------------------- */
 
-void wf_engine_call_done(wf_host *h, wf_call *c, int ok, char *result_json) {
+/* The instance whose step waits for this call, or NULL (the call was abandoned). */
+static wf_instance *waiting_on(wf_host *h, wf_call *c) {
   wf_instance *in = wf_engine_find(h, c->instance_id);
-  if (!in || in->pend.call != c || in->pend.seq != c->seq || in->pend.kind != WF_PEND_ACTION) {
-    wf_log(h, WF_LOG_DEBUG, c->instance_id, NULL, "result of %s (step %" PRId64 ") ignored: the step no longer waits for it",
-           c->name, c->seq);
-    free(result_json);
-    if (in && in->pend.call == c) in->pend.call = NULL;
+  if (in && in->pend.call == c && in->pend.seq == c->seq && in->pend.kind == WF_PEND_ACTION) return in;
+  wf_log(h, WF_LOG_DEBUG, c->instance_id, NULL, "outcome of %s (step %" PRId64 ") ignored: the step no longer waits for it",
+         c->name, c->seq);
+  if (in && in->pend.call == c) in->pend.call = NULL;
+  return NULL;
+}
+
+void wf_engine_call_done(wf_host *h, wf_call *c, wf_outcome_rec *o) {
+  wf_instance *in = waiting_on(h, c);
+  if (!in) {
+    wf_outcome_free(o);
     return;
   }
   in->pend.call = NULL;
   in->pend.has_result = 1;
-  in->pend.result_ok = ok;
-  free(in->pend.result);
-  in->pend.result = result_json;
+  wf_outcome_free(&in->pend.out);
+  in->pend.out = *o;
+  wf_engine_ready(h, in);
+}
+
+void wf_engine_call_timeout(wf_host *h, wf_call *c) {
+  wf_instance *in = waiting_on(h, c);
+  if (!in) return;
+  in->pend.call = NULL;
+  in->pend.timed_out = 1;
+  wf_action_abandon(h, c);
   wf_engine_ready(h, in);
 }
 
@@ -714,9 +744,10 @@ int wf_engine_init(wf_host *h) {
   uv_timer_init(h->loop, &h->poll_timer);
   uv_timer_init(h->loop, &h->backoff_timer);
   uv_timer_init(h->loop, &h->checkpoint_timer);
+  uv_timer_init(h->loop, &h->dl_timer);
   uv_unref((uv_handle_t *)&h->checkpoint_timer); /* never keeps a loop alive by itself */
   h->idle.data = h->wake_timer.data = h->poll_timer.data = h->backoff_timer.data = h;
-  h->checkpoint_timer.data = h;
+  h->checkpoint_timer.data = h->dl_timer.data = h;
   h->handles_open = 1;
   return WF_OK;
 }
@@ -747,6 +778,8 @@ int wf_engine_start(wf_host *h) {
     /* The first batch recovers what a previous host left running, and loads the timers. */
     h->recover_needed = 1;
     h->recovered = 1;
+    if (wf_breaker_load(h) != WF_OK)
+      wf_log(h, WF_LOG_WARN, NULL, NULL, "circuit breakers not restored: %s", wf_store_errmsg(h->st));
   }
   h->started = 1;
   h->ext_dirty = 1;
@@ -771,13 +804,14 @@ void wf_engine_stop(wf_host *h) {
   uv_timer_stop(&h->poll_timer);
   uv_timer_stop(&h->backoff_timer);
   uv_timer_stop(&h->checkpoint_timer);
+  uv_timer_stop(&h->dl_timer);
   h->armed_due = 0;
   h->started = 0;
 }
 
 int wf_engine_busy(wf_host *h) {
-  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls_waited || h->recover_needed) return 1;
-  return h->nheap && h->heap[0].due <= wf_now(h);
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls_waited || h->recover_needed || h->workers) return 1;
+  return (h->nheap && h->heap[0].due <= wf_now(h)) || (h->ndl && h->dl[0]->deadline <= wf_now(h));
 }
 
 static void on_close(uv_handle_t *hd) { (void)hd; }
@@ -799,6 +833,7 @@ void wf_engine_shutdown(wf_host *h) {
     uv_close((uv_handle_t *)&h->poll_timer, on_close);
     uv_close((uv_handle_t *)&h->backoff_timer, on_close);
     uv_close((uv_handle_t *)&h->checkpoint_timer, on_close);
+    uv_close((uv_handle_t *)&h->dl_timer, on_close);
     /* Let the loop run the close callbacks; on the application's loop this only runs ours. */
     uv_run(h->loop, UV_RUN_NOWAIT);
     h->handles_open = 0;

@@ -5,6 +5,9 @@
  *                checks determinism and journals commands
  *   wf_lua.c     the workflow Lua state: sandbox, loading workflow files, limits
  *   wf_action.c  the action registry and calls
+ *   wf_attempt.c an action step's attempts: retries, timeouts, the breaker's verdicts
+ *   wf_policy.c  action policies: defaults, checks, backoff arithmetic
+ *   wf_breaker.c circuit breakers
  *   wf_api.c     the public functions of wfhost.h
  * Nothing here is visible to users of the library.
  */
@@ -14,6 +17,7 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "wf_policy.h"
 #include "wf_store.h"
 #include "wfhost.h"
 
@@ -46,6 +50,8 @@ typedef struct wf_event {
 typedef struct wf_instance wf_instance;
 typedef struct wf_action wf_action;
 
+/* An action call in flight. seq is -1 once the host stopped waiting for it (timed out, the
+ * instance cancelled): its completion is dropped. */
 struct wf_call {
   wf_host *host;        /* NULL once the host closed: the completion is then dropped */
   char *instance_id;
@@ -53,11 +59,35 @@ struct wf_call {
   int attempt;
   char *name;
   char *params;
-  char key[WF_ID_MAX + 32];
+  char *key;
+  int64_t deadline;
+  size_t dl_idx;        /* its place in the host's deadline heap, or (size_t)-1 */
   int held;             /* wf_call_hold(): drain does not wait for it */
+  wf_abandon_fn abandon;
+  void *abandon_ud;
+  /* A blocking action runs on a worker thread; its completion is kept here until the loop
+   * thread takes it (wf_action.c). */
+  uv_work_t work;
+  struct wf_action *action;
+  int on_worker;
+  int done;             /* the worker's outcome: 0 none, 1 ok, 2 failed */
+  char *out;            /* result JSON, or the error message */
+  char *err_type;
+  wf_error_class err_class;
+  int64_t retry_after;  /* -1: no hint */
   struct wf_call *next; /* in the host's list of calls in flight */
   struct wf_call *prev;
 };
+
+/* How an attempt ended, as handed to the engine. */
+typedef struct wf_outcome_rec {
+  int ok;
+  char *result;         /* ok: the result JSON (owned) */
+  char *type;           /* failure: error type, message (owned) */
+  char *message;
+  wf_outcome cls;       /* failure: transient, permanent (timeout and lost are the host's) */
+  int64_t retry_after;  /* -1: none */
+} wf_outcome_rec;
 
 struct wf_instance {
   char *id;
@@ -89,13 +119,28 @@ struct wf_instance {
     int64_t seq;
     char *name;       /* action name, or event names joined with '|' */
     char *params;     /* action params (JSON) */
-    int64_t due;      /* sleep end or wait timeout, 0 if none */
-    int attempt;
+    int64_t due;      /* sleep end or wait timeout, 0 if none; for an action, the attempt's
+                         deadline while in flight, the retry's time while backing off */
     wf_call *call;    /* the action call in flight, if any */
     int has_result;   /* an action outcome arrived and awaits delivery */
-    int result_ok;
-    char *result;     /* result JSON, or the error as a JSON object */
+    wf_outcome_rec out;
     int dispatch;     /* the action must be (re)invoked after the next commit */
+    /* An action step's retry state (wf_attempt.c). */
+    int attempt;      /* the attempt in flight, or the next one while backing off */
+    int round_base;   /* attempts made before an operator's `wfhost retry` */
+    int backing_off;  /* waiting for due to start the next attempt */
+    int probe;        /* the attempt in flight is its breaker's half-open probe */
+    int64_t first_at; /* when the step (or the operator's retry) began: the total timeout's base */
+    wf_retry_policy pol;   /* the effective policy (non_retryable in nonretry) */
+    char *nonretry;
+    char *key;        /* the workflow's idempotency key, or NULL for "<id>:<seq>" */
+    char *brk_key;    /* the breaker key taken from the params, or NULL */
+    unsigned flags;   /* WF_ACTION_* of the action */
+    char *last_type;  /* the last failure, the cause when attempts run out */
+    char *last_msg;
+    char *last_fail;  /* ... as journaled (JSON) */
+    int timed_out;    /* the call in flight passed its deadline */
+    int64_t started_at; /* when the attempt in flight was invoked */
   } pend;
 
   wf_event *inbox;
@@ -118,6 +163,8 @@ struct wf_instance {
   unsigned cancel_requested : 1; /* cancellation not yet delivered to the coroutine */
   unsigned cancel_delivered : 1;
   unsigned retry_requested : 1;
+  unsigned operator_retry : 1;   /* this build follows `wfhost retry`: an unknown outcome may
+                                    be tried again */
   unsigned touched : 1;          /* written in the open batch (to undo if the commit fails) */
   unsigned in_ready : 1;
   unsigned in_lru : 1;
@@ -166,7 +213,29 @@ struct wf_action {
   char *name;
   wf_action_fn fn;
   void *ud;
+  wf_action_opts opts; /* retry.non_retryable and breaker.key_param point to the copies below */
+  char *nonretry;      /* joined (wf_join_types) */
+  char *key_param;
 };
+
+/* A circuit breaker (wf_breaker.c). */
+enum { WF_BRK_CLOSED, WF_BRK_OPEN, WF_BRK_HALF_OPEN, WF_BRK_ISOLATED };
+typedef struct wf_breaker {
+  struct wf_breaker *hnext, *lru_prev, *lru_next, *dirty_next;
+  uint64_t hash;
+  char *action;
+  char *key;
+  int state;
+  int probes;          /* half-open probes in flight */
+  int64_t probe_until; /* ... until their deadlines at the latest */
+  int64_t open_until;
+  int dirty;           /* to write in this batch */
+  int64_t written_at;
+  struct {
+    int64_t epoch;
+    uint32_t calls, failures;
+  } win[10];
+} wf_breaker;
 
 struct wf_host {
   wf_config cfg;
@@ -235,6 +304,21 @@ struct wf_host {
   wf_action *actions;
   wf_call *calls; /* in flight */
   size_t calls_waited; /* in flight and not held: wf_host_drain waits for these */
+  size_t workers;      /* blocking calls on the thread pool */
+  wf_call **dl;        /* calls in flight by deadline (a min-heap) */
+  size_t ndl, capdl;
+  uv_timer_t dl_timer;
+  wf_action_stats stats;
+  wf_observer_fn observer;
+  void *observer_ud;
+  int64_t spread_at;   /* overdue retries spread over a short window (wf_attempt.c) */
+  int spread_n;
+
+  /* circuit breakers */
+  wf_breaker **brk_buckets;
+  size_t brk_nbuckets, brk_count;
+  wf_breaker *brk_lru_head, *brk_lru_tail;
+  wf_breaker *brk_dirty;
 
   uint64_t rng[4];
   uint64_t id_rng[4];
@@ -277,6 +361,9 @@ int wf_lua_has_workflow(wf_host *h, const char *workflow);
 int wf_lua_callmod(wf_host *h, const char *fn, int nargs, int nres);
 /* Arms the instruction budget for the coroutine about to run a step. */
 void wf_lua_arm_budget(wf_host *h, lua_State *co);
+/* The value of a top-level field of a JSON object as text (a string's contents, a number or
+ * boolean as written), malloc'd; NULL if absent, of another type, or not an object. */
+char *wf_json_get(wf_host *h, const char *json, const char *field);
 /* Checks JSON text; 0 if valid, else writes a message to err. */
 int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen);
 /* Names of loaded workflows (for the catalog). */
@@ -315,14 +402,18 @@ void wf_instance_release(wf_host *h, wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
 wf_event *wf_inbox_take(wf_instance *in, const char *names);
 void wf_event_free(wf_event *ev);
-/* Delivered by wf_action.c when a call completes. */
-void wf_engine_call_done(wf_host *h, wf_call *c, int ok, char *result_json);
+/* Delivered by wf_action.c when a call completes; takes the outcome's strings. */
+void wf_engine_call_done(wf_host *h, wf_call *c, wf_outcome_rec *o);
+/* A call passed its deadline (wf_action.c). */
+void wf_engine_call_timeout(wf_host *h, wf_call *c);
 
 /* ---- wf_step.c ---- */
 /* Runs the instance's coroutine until it parks, finishes or fails, delivering any outcome
  * that is ready. Builds (or rebuilds by replay) the coroutine first if needed. */
 void wf_step_advance(wf_host *h, wf_instance *in);
 void wf_step_drop_coroutine(wf_host *h, wf_instance *in);
+/* Suspends the instance for an operator with a message (journaled, logged, shown). */
+void wf_step_suspend(wf_host *h, wf_instance *in, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Replays an instance against the loaded code without effects (see wf_replay_check). */
 int wf_step_replay_check(wf_host *h, const char *id, char **report);
 void wf_step_free_replay(wf_instance *in);
@@ -331,9 +422,63 @@ int wf_step_note(lua_State *L);
 
 /* ---- wf_action.c ---- */
 wf_action *wf_action_find(wf_host *h, const char *name);
+/* The policy that applies to calls of name (its own action's, or the fallback's, or the
+ * defaults). Either output may be NULL. */
+void wf_action_policy_of(wf_host *h, const char *name, wf_retry_policy *r, wf_breaker_policy *b);
 void wf_action_register_builtins(wf_host *h);
 void wf_action_dispatch(wf_host *h, wf_instance *in);
+/* Times out the calls past their deadline; *next (may be NULL) gets the earliest deadline
+ * left, or 0. */
+void wf_action_expire(wf_host *h, int64_t *next);
+/* The host stops waiting for the call: its completion will be dropped. */
+void wf_action_abandon(wf_host *h, wf_call *c);
 void wf_action_detach_all(wf_host *h);
 void wf_action_free_all(wf_host *h);
+void wf_outcome_free(wf_outcome_rec *o);
+
+/* ---- wf_breaker.c ---- */
+const char *wf_breaker_state_name(int s);
+wf_breaker *wf_breaker_get(wf_host *h, const char *action, const char *key, const wf_breaker_policy *p);
+/* 1 if a call may start now (*probe: it is a half-open probe); else 0 and *retry_at tells
+ * when the breaker may let one through. State changes are journaled for in at seq. */
+int wf_breaker_allow(wf_host *h, wf_breaker *b, const wf_breaker_policy *p, int64_t now, int64_t probe_until,
+                     int *probe, int64_t *retry_at, wf_instance *in, int64_t seq);
+void wf_breaker_record(wf_host *h, wf_breaker *b, const wf_breaker_policy *p, int64_t now, int outcome,
+                       int probe, wf_instance *in, int64_t seq);
+void wf_breaker_set(wf_host *h, const char *action, const char *key, int isolate);
+void wf_breaker_write_dirty(wf_host *h);
+int wf_breaker_load(wf_host *h);
+int wf_breaker_list(wf_host *h, wf_breaker_info **out, size_t *n);
+void wf_breaker_free_all(wf_host *h);
+
+/* ---- wf_attempt.c ---- */
+/* The policy of one call: the action's, with the workflow's per-call options over it. */
+typedef struct wf_call_opts {
+  wf_retry_policy pol;
+  char *nonretry;
+  char *key;
+} wf_call_opts;
+/* Fills o for a call of action name; idx: the normalised options table on co's stack, or 0.
+ * Returns -1 with a message in err if the result is not a valid policy. */
+int wf_attempt_opts(wf_host *h, lua_State *co, int idx, const char *name, wf_call_opts *o, char *err, size_t n);
+void wf_call_opts_free(wf_call_opts *o);
+/* The workflow calls an action at seq (live): journals it and starts attempt 1. Takes params
+ * and o's strings. Returns -1 (parked), or the values pushed to resume with. */
+int wf_attempt_call(wf_host *h, wf_instance *in, int64_t seq, const char *name, char *params, wf_call_opts *o);
+/* The action step at seq is at the replay frontier: rebuilds its retry state from the
+ * history and carries on. */
+int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *cmd, wf_call_opts *o);
+/* A parked action step: delivers a final outcome (returns the values pushed to resume with),
+ * or handles a timeout / retry time / failure and stays parked (0), or ended it (-1). */
+int wf_attempt_deliver(wf_host *h, wf_instance *in);
+/* The call in flight ends because the instance is cancelled. */
+void wf_attempt_cancel(wf_host *h, wf_instance *in);
+/* Journals an entry of the step at seq and tells the observer. */
+void wf_attempt_journal(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
+                        const char *data);
+void wf_attempt_observe(wf_host *h, const char *kind, const char *instance, int64_t seq, const char *action,
+                        const char *data);
+/* The waiting_for text of an action step. */
+void wf_attempt_describe(const wf_instance *in, char *buf, size_t n);
 
 #endif /* WF_ENGINE_H */

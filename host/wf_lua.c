@@ -100,6 +100,21 @@ int wf_lua_callmod(wf_host *h, const char *fn, int nargs, int nres) {
   return lua_pcall(L, nargs, nres, 0);
 }
 
+char *wf_json_get(wf_host *h, const char *json, const char *field) {
+  lua_State *L = h->L;
+  if (!json) return NULL;
+  lua_pushstring(L, json);
+  char *out = NULL;
+  if (wf_lua_callmod(h, "decode", 1, 1) == 0 && lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, -1, field);
+    if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) out = wf_strdup(lua_tostring(L, -1));
+    else if (lua_type(L, -1) == LUA_TBOOLEAN) out = wf_strdup(lua_toboolean(L, -1) ? "true" : "false");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return out;
+}
+
 int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen) {
   lua_State *L = h->L;
   lua_pushstring(L, json);

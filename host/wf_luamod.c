@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wf_policy.h"
 #include "wfhost.h"
 
 #define HOST_MT "wfhost.host"
@@ -219,17 +220,25 @@ static lcall *check_call(lua_State *L) {
   return lc;
 }
 
+/* An error value fails the call: a table { type = (or code =), message =, retryable =,
+ * retry_after = ms } or a string (a permanent "error"). */
 static void fail_from_value(lua_State *L, wf_call *c, int idx) {
   idx = lua_absindex(L, idx);
   if (lua_istable(L, idx)) {
-    lua_getfield(L, idx, "code");
+    if (lua_getfield(L, idx, "type") == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_getfield(L, idx, "code");
+    }
     lua_getfield(L, idx, "message");
     lua_getfield(L, idx, "retryable");
-    wf_call_fail(c, lua_tostring(L, -3) ? lua_tostring(L, -3) : "error",
-                 lua_tostring(L, -2) ? lua_tostring(L, -2) : "", lua_toboolean(L, -1));
-    lua_pop(L, 3);
+    lua_getfield(L, idx, "retry_after");
+    const char *type = lua_tostring(L, -4) ? lua_tostring(L, -4) : "error";
+    const char *msg = lua_tostring(L, -3) ? lua_tostring(L, -3) : "";
+    if (lua_isinteger(L, -1) && lua_toboolean(L, -2)) wf_call_fail_after(c, type, msg, lua_tointeger(L, -1));
+    else wf_call_fail(c, type, msg, lua_toboolean(L, -2) ? WF_TRANSIENT : WF_PERMANENT);
+    lua_pop(L, 4);
   } else {
-    wf_call_fail(c, "error", lua_tostring(L, idx) ? lua_tostring(L, idx) : "error", 0);
+    wf_call_fail(c, "error", lua_tostring(L, idx) ? lua_tostring(L, idx) : "error", WF_PERMANENT);
   }
 }
 
@@ -237,7 +246,7 @@ static void fail_from_value(lua_State *L, wf_call *c, int idx) {
 static int l_call_ok(lua_State *L) {
   lcall *lc = check_call(L);
   if (!wf_call_host(lc->c)) { /* the host has closed (lc->lh may be gone): drop it */
-    wf_call_fail(lc->c, "closed", "the host has closed", 0);
+    wf_call_fail(lc->c, "closed", "the host has closed", WF_PERMANENT);
     lc->c = NULL;
     return 0;
   }
@@ -260,7 +269,7 @@ static int l_call_fail(lua_State *L) {
 
 static int l_call_gc(lua_State *L) {
   lcall *lc = luaL_checkudata(L, 1, CALL_MT);
-  if (lc->c) wf_call_fail(lc->c, "abandoned", "the test dropped this call without completing it", 1);
+  if (lc->c) wf_call_fail(lc->c, "abandoned", "the test dropped this call without completing it", WF_TRANSIENT);
   lc->c = NULL;
   return 0;
 }
@@ -294,6 +303,8 @@ static void lua_action(wf_call *c, void *ud) {
   lua_setfield(L, -2, "instance");
   lua_pushstring(L, wf_call_action(c));
   lua_setfield(L, -2, "action");
+  lua_pushinteger(L, wf_call_deadline(c));
+  lua_setfield(L, -2, "deadline");
   lua_setiuservalue(L, -2, 1); /* read through the handle's __index */
   int rc = lua_pcall(L, 2, 1, 0);
   int later = rc == LUA_OK && lua_islightuserdata(L, -1) && lua_touserdata(L, -1) == &pending_key;
@@ -309,7 +320,7 @@ static void lua_action(wf_call *c, void *ud) {
     push_host_lua(L);
     lua_getfield(L, -1, "encode");
     lua_pushvalue(L, -3);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) wf_call_fail(c, "bad_result", lua_tostring(L, -1), 0);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) wf_call_fail(c, "bad_result", lua_tostring(L, -1), WF_PERMANENT);
     else wf_call_ok(c, lua_tostring(L, -1));
   }
   lua_settop(L, 0);
@@ -329,11 +340,61 @@ static int l_call_index(lua_State *L) {
   return 1;
 }
 
+/* The policy table at idx (as a spec writes it) into opts. Leaves the normalised table on the
+ * stack (it holds the strings opts points to) and returns 0, or pushes a message and returns
+ * -1. *types: the non_retryable array to free. */
+static int policy_from_lua(lua_State *L, int idx, wf_action_opts *o, const char ***types) {
+  idx = lua_absindex(L, idx);
+  push_host_lua(L);
+  lua_getfield(L, -1, "normalize_policy");
+  lua_remove(L, -2);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) return -1;
+  int t = lua_gettop(L);
+  if (lua_getfield(L, t, "retry") == LUA_TTABLE) {
+    char *joined = NULL;
+    wf_retry_from_lua(L, -1, &o->retry, &joined);
+    free(joined);
+    if (lua_getfield(L, -1, "non_retryable") == LUA_TTABLE) {
+      size_t n = lua_rawlen(L, -1);
+      *types = calloc(n + 1, sizeof **types);
+      if (!*types) abort();
+      for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i + 1);
+        (*types)[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+      }
+      o->retry.non_retryable = *types;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, t, "breaker") == LUA_TTABLE) wf_breaker_from_lua(L, -1, &o->breaker);
+  lua_pop(L, 1);
+  lua_getfield(L, t, "at_most_once");
+  if (lua_toboolean(L, -1)) o->flags |= WF_ACTION_AT_MOST_ONCE;
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* h:register_action(name, fn [, policy]) */
 static int l_register_action(lua_State *L) {
   lhost *lh = check_host(L);
   const char *name = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  int rc = wf_register_action(lh->h, name, lua_action, lh);
+  wf_action_opts opts;
+  wf_action_opts_init(&opts);
+  const char **types = NULL;
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    if (policy_from_lua(L, 4, &opts, &types) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "action '%s': %s", name, lua_tostring(L, -2));
+      return 2;
+    }
+  }
+  int rc = wf_register_action(lh->h, name, lua_action, lh, &opts);
+  free(types);
   if (rc != WF_OK) return push_fail(L, lh, rc);
   lua_rawgeti(L, LUA_REGISTRYINDEX, lh->actions_ref);
   lua_pushvalue(L, 3);
@@ -489,6 +550,76 @@ static int l_history(lua_State *L) {
   return 1;
 }
 
+/* h:breakers() -> { { action, key, state, calls, failures, failure_ratio, open_until }, ... } */
+static int l_breakers(lua_State *L) {
+  lhost *lh = check_host(L);
+  wf_breaker_info *b;
+  size_t n;
+  int rc = wf_breakers(lh->h, &b, &n);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 7);
+    set_str(L, "action", b[i].action);
+    set_str(L, "key", b[i].key);
+    set_str(L, "state", b[i].state);
+    lua_pushinteger(L, b[i].calls);
+    lua_setfield(L, -2, "calls");
+    lua_pushinteger(L, b[i].failures);
+    lua_setfield(L, -2, "failures");
+    lua_pushnumber(L, b[i].failure_ratio);
+    lua_setfield(L, -2, "failure_ratio");
+    lua_pushinteger(L, b[i].open_until);
+    lua_setfield(L, -2, "open_until");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  wf_breakers_free(b, n);
+  return 1;
+}
+
+/* h:isolate(action [, key]), h:close_breaker(action [, key]) */
+static int breaker_op(lua_State *L, int (*op)(wf_host *, const char *, const char *)) {
+  lhost *lh = check_host(L);
+  int rc = op(lh->h, luaL_checkstring(L, 2), luaL_optstring(L, 3, NULL));
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+static int l_isolate(lua_State *L) { return breaker_op(L, wf_breaker_isolate); }
+static int l_close_breaker(lua_State *L) { return breaker_op(L, wf_breaker_close); }
+
+/* h:action_stats() -> { attempts = { ok = n, ... }, retries = { transient = n, ... }, ... } */
+static int l_action_stats(lua_State *L) {
+  lhost *lh = check_host(L);
+  wf_action_stats st;
+  wf_action_stats_get(lh->h, &st);
+  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, WF_OUTCOME_COUNT);
+  for (int i = 0; i < WF_OUTCOME_COUNT; i++) {
+    lua_pushinteger(L, (lua_Integer)st.attempts[i]);
+    lua_setfield(L, -2, wf_outcome_name((wf_outcome)i));
+  }
+  lua_setfield(L, -2, "attempts");
+  lua_createtable(L, 0, 4);
+  const struct { const char *k; uint64_t v; } r[] = {
+      {"transient", st.retries_transient}, {"timeout", st.retries_timeout},
+      {"lost", st.retries_lost}, {"circuit_open", st.retries_circuit_open}};
+  for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+    lua_pushinteger(L, (lua_Integer)r[i].v);
+    lua_setfield(L, -2, r[i].k);
+  }
+  lua_setfield(L, -2, "retries");
+  const struct { const char *k; uint64_t v; } f[] = {
+      {"rejections", st.rejections}, {"exhausted", st.exhausted}, {"breaker_opened", st.breaker_opened},
+      {"breaker_half_opened", st.breaker_half_opened}, {"breaker_closed", st.breaker_closed},
+      {"in_flight", st.in_flight}, {"breakers_open", st.breakers_open}};
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+    lua_pushinteger(L, (lua_Integer)f[i].v);
+    lua_setfield(L, -2, f[i].k);
+  }
+  return 1;
+}
+
 /* h:load_plugin(path): real C actions next to Lua ones. The plugin resolves wf_* from this
  * module, which Lua loaded privately (RTLD_LOCAL): make its symbols global first. */
 static int l_load_plugin(lua_State *L) {
@@ -557,7 +688,8 @@ static const luaL_Reg host_methods[] = {
   {"now", l_now},         {"get", l_get},         {"list", l_list},
   {"history", l_history}, {"close", l_close},     {"replay_check", l_replay_check},
   {"snapshot", l_snapshot}, {"next_timer", l_next_timer}, {"set_now", l_set_now},
-  {"load_plugin", l_load_plugin},
+  {"load_plugin", l_load_plugin}, {"breakers", l_breakers}, {"isolate", l_isolate},
+  {"close_breaker", l_close_breaker}, {"action_stats", l_action_stats},
   {NULL, NULL}};
 
 int luaopen_wfhost(lua_State *L);

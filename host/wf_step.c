@@ -133,9 +133,7 @@ static void fail_with(wf_host *h, wf_instance *in, const char *msg) {
 
 /* Suspends the instance for an operator. The coroutine is dropped: `wfhost retry` rebuilds
  * it by replay once the cause (code, a missing action) is fixed. */
-static void suspend(wf_host *h, wf_instance *in, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void suspend(wf_host *h, wf_instance *in, const char *fmt, ...) {
+void wf_step_suspend(wf_host *h, wf_instance *in, const char *fmt, ...) {
   char msg[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -173,7 +171,7 @@ static void diverged(wf_host *h, wf_instance *in, int64_t seq, const char *code_
     wf_history_entry *e = &in->hist[in->cmd_at[seq]];
     recorded = describe_cmd(e->kind, e->name, rec, sizeof rec);
   }
-  suspend(h, in,
+  wf_step_suspend(h, in,
           "non-determinism at step %" PRId64 ": history has %s, the code now %s. Restore the "
           "previous code (or guard the change with a new workflow version), then run `wfhost retry %s`",
           seq, recorded, code_does, in->id);
@@ -367,8 +365,15 @@ static int push_recorded(lua_State *co, const wf_history_entry *e) {
   return 2;
 }
 
-/* Re-arms the command at the replay frontier: journaled, no outcome yet. */
-static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *e) {
+static int not_registered(wf_host *h, wf_instance *in, const char *name) {
+  wf_step_suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
+                  "then run `wfhost retry %s`", name, in->id);
+  return -1;
+}
+
+/* Re-arms the command at the replay frontier: journaled, no outcome yet. o: the policy of an
+ * action's call. */
+static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *e, wf_call_opts *o) {
   if (in->cancel_requested) {
     /* Cancelled while not in memory: park on the command as it was, and let deliver() hand
      * the cancellation over before any event is taken or any action invoked again. */
@@ -377,21 +382,8 @@ static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entr
     return -1;
   }
   if (!strcmp(e->kind, "action")) {
-    if (!wf_action_find(h, e->name)) {
-      suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
-              "then run `wfhost retry %s`", e->name, in->id);
-      return -1;
-    }
-    /* It was in flight when the previous host stopped: invoke it again (at least once). */
-    int lost = 0;
-    for (size_t i = 0; i < in->nhist; i++)
-      if (in->hist[i].seq == seq && !strcmp(in->hist[i].kind, "action_lost")) lost++;
-    wf_engine_history(h, in, seq, "action_lost", e->name, NULL);
-    set_pend(in, WF_PEND_ACTION, seq, e->name, 0);
-    in->pend.params = wf_strdup(e->data_json);
-    in->pend.attempt = lost + 2;
-    in->pend.dispatch = 1;
-    return -1;
+    if (!wf_action_find(h, e->name)) return not_registered(h, in, e->name);
+    return wf_attempt_rearm(h, in, seq, e, o);
   }
   if (!strcmp(e->kind, "wait")) return wait_or_take(h, in, seq, e->name, data_due(e->data_json));
   /* sleep */
@@ -429,6 +421,16 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     argnum = lua_tointeger(co, -nres + 2);
     has_num = argnum >= 0;
   }
+  /* An action's policy, with the workflow's per-call options (a table) over the action's. */
+  wf_call_opts opts = {0};
+  char operr[400] = "";
+  int64_t next = in->seq + 1; /* replayed calls with a recorded outcome need no policy */
+  int is_action = !strcmp(kind, "action") && name && !in->dry &&
+                  (!in->replaying || next > in->replay_max_seq || in->out_at[next] < 0) && wf_action_find(h, name);
+  if (is_action &&
+      wf_attempt_opts(h, co, nres >= 4 && lua_istable(co, -nres + 3) ? -nres + 3 : 0, name, &opts, operr,
+                      sizeof operr) != 0)
+    is_action = -1;
   lua_pop(co, nres);
   int64_t seq = ++in->seq;
   int n = -1;
@@ -467,7 +469,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
         goto done;
       }
       in->replaying = 0;
-      n = rearm(h, in, seq, e);
+      n = rearm(h, in, seq, e, &opts);
       goto done;
     }
     in->replaying = 0;
@@ -490,7 +492,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
   int64_t now = wf_now(h);
   if (!strcmp(kind, "action")) {
     if (!wf_action_find(h, name)) {
-      suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
+      wf_step_suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
               "then run `wfhost retry %s`", name, in->id);
       goto done;
     }
@@ -501,12 +503,8 @@ static int command(wf_host *h, wf_instance *in, int nres) {
       in->seq--;
       goto done;
     }
-    wf_engine_history(h, in, seq, "action", name, arg);
-    set_pend(in, WF_PEND_ACTION, seq, name, 0);
-    in->pend.params = arg;
+    n = wf_attempt_call(h, in, seq, name, arg, &opts);
     arg = NULL;
-    in->pend.attempt = 1;
-    in->pend.dispatch = 1;
   } else if (!strcmp(kind, "wait")) {
     int64_t due = has_num ? now + argnum : 0;
     char data[96];
@@ -547,6 +545,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     n = 2;
   }
 done:
+  wf_call_opts_free(&opts);
   free(name);
   free(arg);
   return n;
@@ -573,7 +572,7 @@ static void run(wf_host *h, wf_instance *in, int nargs) {
       nargs = command(h, in, nres);
       if (nargs >= 0) continue;
       if (!in->co) return; /* suspended */
-      in->status = in->pend.kind == WF_PEND_ACTION ? WF_ST_RUNNING : WF_ST_WAITING;
+      in->status = in->pend.kind == WF_PEND_ACTION && !in->pend.backing_off ? WF_ST_RUNNING : WF_ST_WAITING;
       if (!in->replaying && sync_data(h, in) != 0) {
         char *m = wf_strdup(lua_tostring(h->L, -1));
         lua_pop(h->L, 1);
@@ -674,16 +673,17 @@ static void build(wf_host *h, wf_instance *in) {
                  wf_strdup(in->status == WF_ST_SUSPENDED ? "cancelled while suspended" : "cancelled before it started"));
     return;
   }
+  in->operator_retry = in->retry_requested;
   in->retry_requested = 0;
   int version = in->is_new && in->version == 0 ? 0 : in->version;
   if (!wf_lua_push_def(h, in->workflow, &version)) {
     if (in->is_new) wf_engine_history(h, in, 0, "started", NULL, in->input);
     in->is_new = 0;
     if (in->version)
-      suspend(h, in, "workflow '%s' version %d is not loaded on this host: load it, then run `wfhost retry %s`",
+      wf_step_suspend(h, in, "workflow '%s' version %d is not loaded on this host: load it, then run `wfhost retry %s`",
               in->workflow, in->version, in->id);
     else
-      suspend(h, in, "workflow '%s' is not loaded on this host: load it, then run `wfhost retry %s`",
+      wf_step_suspend(h, in, "workflow '%s' is not loaded on this host: load it, then run `wfhost retry %s`",
               in->workflow, in->id);
     return;
   }
@@ -725,6 +725,7 @@ static void build(wf_host *h, wf_instance *in) {
   }
   in->status = WF_ST_RUNNING;
   run(h, in, 3);
+  in->operator_retry = 0;
   if (in->co && !in->replaying) wf_step_free_replay(in);
 }
 
@@ -768,9 +769,9 @@ static int deliver(wf_host *h, wf_instance *in) {
     in->cancel_requested = 0;
     in->cancel_delivered = 1;
     wf_engine_history(h, in, seq, "cancelled", NULL, NULL);
-    if (in->pend.due) wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
-    if (in->pend.call) in->pend.call->seq = -1; /* its result will be ignored */
-    in->pend.call = NULL;
+    if (in->pend.due || in->pend.kind == WF_PEND_ACTION) /* a sleep, a timeout, a retry's backoff */
+      wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
+    wf_attempt_cancel(h, in); /* a call in flight is abandoned: its result will be ignored */
     wf_instance_free_pend(in);
     lua_pushliteral(co, "cancelled");
     run(h, in, 1);
@@ -779,12 +780,8 @@ static int deliver(wf_host *h, wf_instance *in) {
   int n = 0;
   switch (in->pend.kind) {
   case WF_PEND_ACTION:
-    if (!in->pend.has_result) return 0;
-    wf_engine_history(h, in, seq, in->pend.result_ok ? "action_result" : "action_error",
-                      in->pend.name, in->pend.result);
-    lua_pushstring(co, in->pend.result_ok ? "json" : "error");
-    lua_pushstring(co, in->pend.result);
-    n = 2;
+    n = wf_attempt_deliver(h, in);
+    if (n <= 0) return 0; /* parked still (a retry scheduled, an attempt started), or suspended */
     break;
   case WF_PEND_WAIT: {
     int64_t due = in->pend.due;

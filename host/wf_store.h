@@ -15,6 +15,7 @@
  *   timers     due times of pending sleeps and wait timeouts, one per (instance, seq).
  *   requests   cancel / retry requests written by other processes for the running host.
  *   catalog    the workflows the last host loaded, so a client can refuse an unknown name.
+ *   breakers   circuit breaker states as the host last wrote them.
  *
  * Writes happen inside a transaction opened by wf_store_begin() and made durable by
  * wf_store_commit() (group commit: the engine writes many instances' steps in one). Every
@@ -28,7 +29,7 @@
 typedef struct wf_store wf_store;
 
 /* The schema version this build writes. A database with a higher one is refused. */
-#define WF_STORE_SCHEMA_VERSION 1
+#define WF_STORE_SCHEMA_VERSION 2
 
 /* Opens or creates the database, applying migrations. On failure *out may still be set
  * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
@@ -124,7 +125,20 @@ int wf_store_each_timer(wf_store *st, wf_store_timer_fn fn, void *ud);
 /* Writes a consistent copy of the database to path (VACUUM INTO for SQLite). */
 int wf_store_snapshot(wf_store *st, const char *path);
 
-/* Requests from other processes: kind is "cancel" or "retry". */
+/* Circuit breakers. */
+typedef struct wf_breaker_rec {
+  const char *action;
+  const char *key; /* "" for an action's only breaker */
+  const char *state;
+  int64_t calls, failures, open_until, updated_at;
+} wf_breaker_rec;
+typedef void (*wf_store_breaker_fn)(void *ud, const wf_breaker_rec *r);
+int wf_store_put_breaker(wf_store *st, const wf_breaker_rec *r);
+/* Calls fn for every breaker row, by action and key. */
+int wf_store_each_breaker(wf_store *st, wf_store_breaker_fn fn, void *ud);
+
+/* Requests from other processes: kind is "cancel", "retry", "isolate" or "close" (for the
+ * last two, id is the action name, then "\x1f" and the breaker key if any). */
 int wf_store_add_request(wf_store *st, const char *id, const char *kind, int64_t at);
 typedef void (*wf_store_request_fn)(void *ud, int64_t req_id, const char *id, const char *kind);
 /* Calls fn for each request, oldest first, then deletes them (inside the open transaction). */

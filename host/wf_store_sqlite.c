@@ -53,6 +53,10 @@ static const char *const migrations[] = {
     "  instance_id TEXT NOT NULL, kind TEXT NOT NULL, at INTEGER NOT NULL);"
     "CREATE TABLE catalog (name TEXT NOT NULL, version INTEGER NOT NULL, at INTEGER NOT NULL,"
     "  PRIMARY KEY (name, version)) WITHOUT ROWID;",
+    /* 2: circuit breakers, as the host last wrote them (for clients; restored at start). */
+    "CREATE TABLE breakers (action TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,"
+    "  calls INTEGER NOT NULL, failures INTEGER NOT NULL, open_until INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL, PRIMARY KEY (action, key)) WITHOUT ROWID;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
@@ -69,6 +73,7 @@ enum {
   S_ADD_TIMER, S_DELETE_TIMER, S_EACH_TIMER,
   S_ADD_REQUEST, S_LIST_REQUESTS, S_DELETE_REQUESTS,
   S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_CLEAR_CATALOG, S_ADD_CATALOG, S_CATALOG_HAS,
+  S_PUT_BREAKER, S_EACH_BREAKER,
   S_COUNT
 };
 
@@ -125,6 +130,10 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ADD_CATALOG] = "INSERT OR REPLACE INTO catalog (name, version, at) VALUES (?1, ?2, ?3)",
     [S_CATALOG_HAS] = "SELECT EXISTS (SELECT 1 FROM catalog WHERE name = ?1), "
                       "EXISTS (SELECT 1 FROM catalog)",
+    [S_PUT_BREAKER] = "INSERT OR REPLACE INTO breakers (action, key, state, calls, failures, "
+                      "open_until, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [S_EACH_BREAKER] = "SELECT action, key, state, calls, failures, open_until, updated_at "
+                       "FROM breakers ORDER BY action, key",
 };
 
 struct wf_store {
@@ -331,7 +340,7 @@ static int read_array(wf_store *st, sqlite3_stmt *s, const char *op, size_t size
 
 /* A result row copied out of its statement, so that callbacks may re-enter the store (even
  * the function running) while the caller walks the rows. Unused columns are NULL. */
-#define ROW_MAX_COLS 5 /* the widest query read this way: inbox events */
+#define ROW_MAX_COLS 7 /* the widest query read this way: breakers */
 typedef struct row {
   sqlite3_value *v[ROW_MAX_COLS];
 } row;
@@ -768,6 +777,26 @@ int wf_store_take_requests(wf_store *st, wf_store_request_fn fn, void *ud) {
   int64_t last = INT(rows[n - 1], 0);
   rows_free(rows, n);
   return exec_stmt(st, S_DELETE_REQUESTS, op, "I", last);
+}
+
+int wf_store_put_breaker(wf_store *st, const wf_breaker_rec *r) {
+  return exec_stmt(st, S_PUT_BREAKER, "write breaker", "tttIIII", r->action, r->key, r->state, r->calls,
+                   r->failures, r->open_until, r->updated_at);
+}
+
+int wf_store_each_breaker(wf_store *st, wf_store_breaker_fn fn, void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_EACH_BREAKER], "read breakers", &rows, &n);
+  if (code != WF_OK) return code;
+  for (size_t i = 0; i < n; i++) {
+    wf_breaker_rec r = {.action = TEXT(rows[i], 0), .key = TEXT(rows[i], 1), .state = TEXT(rows[i], 2),
+                        .calls = INT(rows[i], 3), .failures = INT(rows[i], 4),
+                        .open_until = INT(rows[i], 5), .updated_at = INT(rows[i], 6)};
+    fn(ud, &r);
+  }
+  rows_free(rows, n);
+  return WF_OK;
 }
 
 /* Runs in a savepoint so that the catalog is replaced whole or not at all, inside the

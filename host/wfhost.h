@@ -129,33 +129,184 @@ int wf_check_dir(wf_host *h, const char *dir);
 typedef struct wf_call wf_call;
 
 /* An action. It must complete the call exactly once, with wf_call_ok() or wf_call_fail(),
- * before returning or later from the loop thread. Until then the call's strings stay valid. */
+ * before returning or later from the loop thread (a WF_ACTION_BLOCKING action: before
+ * returning, on its worker thread). Until then the call's strings stay valid. */
 typedef void (*wf_action_fn)(wf_call *call, void *ud);
+
+/* How a failure is classed: a transient one may succeed if tried again (it is retried and
+ * counts as a failure for the circuit breaker); a permanent one will not (it is raised in
+ * the workflow at once, and counts as a breaker success: the dependency answered). */
+typedef enum { WF_PERMANENT = 0, WF_TRANSIENT = 1 } wf_error_class;
+
+typedef enum { WF_BACKOFF_EXPONENTIAL = 0, WF_BACKOFF_CONSTANT = 1, WF_BACKOFF_LINEAR = 2 } wf_backoff;
+typedef enum { WF_JITTER_FULL = 0, WF_JITTER_EQUAL = 1, WF_JITTER_NONE = 2 } wf_jitter;
+
+/* The durable retry of one action step. With n failed attempts, the delay before the next is
+ * raw = initial (constant), initial * n (linear), initial * multiplier^(n-1) (exponential);
+ * nominal = min(max_delay, raw); then nominal (jitter none), r * nominal (full) or
+ * nominal * (1 + r) / 2 (equal), r uniform in [0, 1). A retry-after hint from the action
+ * replaces it. The chosen time is persisted: a backoff survives a restart. */
+typedef struct wf_retry_policy {
+  int max_attempts;           /* counts the first call; 1: no retry; 0: unlimited (needs
+                                 total_timeout_ms); default 3 */
+  wf_backoff backoff;         /* default exponential */
+  int64_t initial_delay_ms;   /* default 1000 */
+  double multiplier;          /* >= 1; default 2.0 */
+  int64_t max_delay_ms;       /* 0: 100 x initial_delay_ms */
+  wf_jitter jitter;           /* default full */
+  const char *const *non_retryable; /* NULL-terminated error types never retried, or NULL */
+  int64_t attempt_timeout_ms; /* the host gives up on an attempt after this; default 10000 */
+  int64_t total_timeout_ms;   /* the whole step, all attempts and delays; 0: none */
+  int suspend_on_exhaustion;  /* 1: when retries are exhausted, suspend the instance for an
+                                 operator (`wfhost retry ID`) instead of raising the error */
+} wf_retry_policy;
+
+/* A circuit breaker per action (or per action and key). It counts outcomes over a sliding
+ * window of sampling_duration_ms in 10 buckets and opens when, at a failure, at least
+ * min_throughput calls were seen and failures / calls >= failure_ratio. Open, it rejects
+ * calls without invoking the action for break_duration_ms; then half_open_max_calls probes
+ * are let through: a probe failure opens it again, a success closes it. */
+typedef struct wf_breaker_policy {
+  int enabled;                  /* default 1 */
+  double failure_ratio;         /* (0, 1]; default 0.5 */
+  int min_throughput;           /* >= 2; default 20 */
+  int64_t sampling_duration_ms; /* >= 2 x attempt timeout; default 30000 */
+  int64_t break_duration_ms;    /* default 5000 */
+  int half_open_max_calls;      /* default 1 */
+  const char *key_param;        /* NULL: one breaker per action; else the name of a top-level
+                                   params field whose value selects the breaker (a host, a
+                                   tenant), each key its own breaker */
+  int max_keys;                 /* keyed breakers kept per action, least recently used
+                                   dropped first; default 1000 */
+} wf_breaker_policy;
+
+#define WF_ACTION_BLOCKING 0x1    /* run on libuv's thread pool, not the loop thread */
+#define WF_ACTION_AT_MOST_ONCE 0x2 /* never invoked again after an attempt whose outcome is
+                                      unknown (in flight at a crash, or timed out): the instance
+                                      is suspended with "outcome unknown" for an operator */
+
+typedef struct wf_action_opts {
+  unsigned flags; /* WF_ACTION_* */
+  wf_retry_policy retry;
+  wf_breaker_policy breaker;
+} wf_action_opts;
+
+/* Initialises opts to the defaults above. */
+void wf_action_opts_init(wf_action_opts *opts);
 
 /* Registers (or replaces) an action. name: letters, digits, '_' and '.'; or "*" for a fallback
  * invoked for every action name that has no function of its own (wf_call_action() tells which:
- * a test kit mocking every action, or an application routing actions to a remote service). */
-int wf_register_action(wf_host *h, const char *name, wf_action_fn fn, void *ud);
+ * a test kit mocking every action, or an application routing actions to a remote service).
+ * opts: NULL for the defaults. An invalid policy is refused with WF_INVALID and a message
+ * naming the field. */
+int wf_register_action(wf_host *h, const char *name, wf_action_fn fn, void *ud,
+                       const wf_action_opts *opts);
 
 const char *wf_call_action(const wf_call *c);   /* the action's name */
 const char *wf_call_params(const wf_call *c);   /* JSON */
 const char *wf_call_instance(const wf_call *c); /* the calling instance's id */
-/* The idempotency key, "<instance id>:<seq>": identical on every attempt of the same step,
- * including one repeated after a crash. */
+/* The idempotency key, "<instance id>:<seq>" (or the workflow's own key option): identical
+ * on every attempt of the same step, including one repeated after a crash. */
 const char *wf_call_key(const wf_call *c);
 int wf_call_attempt(const wf_call *c);          /* 1 for the first attempt */
+/* When the host stops waiting for this attempt (ms since the epoch): the attempt timeout, or
+ * the step's total timeout if that comes first. Pass it on to what the action calls. */
+int64_t wf_call_deadline(const wf_call *c);
 wf_host *wf_call_host(const wf_call *c);
 
 /* Tells wf_host_drain() not to wait for this call: the application completes it at a time of
  * its choosing, outside the loop's own work (a test holding a call to order a race). */
 void wf_call_hold(wf_call *c);
 
+/* Called on the loop thread when the host stops waiting for a call (its attempt timed out,
+ * the instance was cancelled, the host is closing): the action should abort its work. It must
+ * still complete the call; the outcome is then dropped. */
+typedef void (*wf_abandon_fn)(wf_call *c, void *ud);
+void wf_call_on_abandon(wf_call *c, wf_abandon_fn fn, void *ud);
+
 /* Completes the call with a JSON result (NULL means JSON null). The call is freed. */
 void wf_call_ok(wf_call *c, const char *result_json);
 
-/* Completes the call with an error. code: a short machine-readable word ("declined");
- * retryable tells the workflow whether trying again could succeed. The call is freed. */
-void wf_call_fail(wf_call *c, const char *code, const char *message, int retryable);
+/* Completes the call with an error. type: a short machine-readable word ("declined",
+ * "http_503"), matched by the policy's non_retryable list; cls: whether trying again could
+ * succeed. The call is freed. */
+void wf_call_fail(wf_call *c, const char *type, const char *message, wf_error_class cls);
+
+/* A transient failure with a hint from the dependency (an HTTP Retry-After): the next attempt
+ * starts retry_after_ms from now instead of after the policy's backoff. */
+void wf_call_fail_after(wf_call *c, const char *type, const char *message, int64_t retry_after_ms);
+
+/* ---- Observing actions ------------------------------------------------------------------ */
+
+/* What happens to action steps, as it is journaled in the instance's history:
+ *   attempt          an attempt starts (data: {"attempt":n,"deadline":ms})
+ *   attempt_failed   an attempt ended in a failure (data: attempt, class, type, message)
+ *   retry_scheduled  the next attempt is due at a time (data: attempt, at, delay_ms, reason)
+ *   rejected         the circuit is open: the attempt did not start (data: attempt, open_until)
+ *   exhausted        no attempt left, or past the total timeout (data: attempts, type, message)
+ *   action_lost      an attempt was in flight when the previous host stopped
+ *   outcome_unknown  the same for an at-most-once action: the instance is suspended
+ *   breaker          a circuit breaker changed state (data: key, from, to, failure_ratio, calls)
+ * instance is the step's instance (for a breaker change, the one whose call changed it). */
+typedef struct wf_action_event {
+  const char *kind;
+  const char *instance;
+  int64_t seq;
+  const char *action;
+  const char *data_json;
+  int64_t at;
+} wf_action_event;
+typedef void (*wf_observer_fn)(void *ud, const wf_action_event *ev);
+
+/* Sets (or with NULL clears) the observer. It is called on the loop thread while the batch
+ * that journals the event is written; a batch that fails to commit is redone, so an event
+ * may be observed twice. It must not call back into the host. */
+void wf_set_observer(wf_host *h, wf_observer_fn fn, void *ud);
+
+/* How attempts ended, by class; retries by reason. */
+typedef enum {
+  WF_OUTCOME_OK = 0, WF_OUTCOME_TRANSIENT, WF_OUTCOME_TIMEOUT, WF_OUTCOME_PERMANENT,
+  WF_OUTCOME_CANCELLED, WF_OUTCOME_LOST, WF_OUTCOME_COUNT
+} wf_outcome;
+const char *wf_outcome_name(wf_outcome o); /* "ok", "transient", ... */
+
+typedef struct wf_action_stats {
+  uint64_t attempts[WF_OUTCOME_COUNT];    /* attempts ended, by outcome */
+  uint64_t attempt_ms[WF_OUTCOME_COUNT];  /* their summed durations */
+  uint64_t attempt_max_ms[WF_OUTCOME_COUNT];
+  uint64_t retries_transient, retries_timeout, retries_lost, retries_circuit_open;
+  uint64_t rejections;  /* calls refused by an open circuit */
+  uint64_t exhausted;   /* steps that ran out of attempts or time */
+  uint64_t breaker_opened, breaker_half_opened, breaker_closed;
+  uint64_t in_flight;   /* calls out now */
+  uint64_t breakers_open; /* breakers open, half-open or isolated now */
+} wf_action_stats;
+
+/* Counters since the host opened. */
+void wf_action_stats_get(wf_host *h, wf_action_stats *out /* OUT */);
+
+/* A breaker's state. */
+typedef struct wf_breaker_info {
+  char *action;
+  char *key;           /* "" for an action's only breaker */
+  char *state;         /* closed, open, half_open, isolated */
+  int64_t calls;       /* outcomes in the sampling window */
+  int64_t failures;
+  double failure_ratio;
+  int64_t open_until;  /* while open, else 0 */
+  int64_t updated_at;
+} wf_breaker_info;
+
+/* The breakers. A host reads its own; a client reads what the host last wrote to the
+ * database (state changes at once, counts at most a second old). Free with wf_breakers_free(). */
+int wf_breakers(wf_host *h, wf_breaker_info **out /* OUT */, size_t *n /* OUT */);
+void wf_breakers_free(wf_breaker_info *list, size_t n);
+
+/* Opens a breaker by hand until wf_breaker_close() (isolate), or closes it with an empty
+ * window. key NULL or "": the action's only breaker. Both modes: a client's request is
+ * applied by the running host; it survives restarts. */
+int wf_breaker_isolate(wf_host *h, const char *action, const char *key);
+int wf_breaker_close(wf_host *h, const char *action, const char *key);
 
 /* A plugin for the `wfhost` command is a shared object exporting this function; it registers
  * its actions and returns WF_OK. */

@@ -83,6 +83,104 @@ function M.duration_ms(d)
 end
 
 ---------------------------------------------------------------------------------------------
+-- Action policies, as a workflow passes them per call and the test kit at registration:
+-- checked here (names, types, durations) and handed to C with durations in ms. C checks the
+-- values (wf_policy.c). Errors are plain strings, without a position: callers add their own.
+---------------------------------------------------------------------------------------------
+local retry_spec = {
+  max_attempts = "count", backoff = { exponential = true, constant = true, linear = true },
+  initial_delay = "duration", multiplier = "number", max_delay = "duration",
+  jitter = { full = true, equal = true, none = true }, non_retryable = "types",
+  attempt_timeout = "duration", total_timeout = "duration", on_exhausted = { raise = true, suspend = true },
+}
+local breaker_spec = {
+  enabled = "boolean", failure_ratio = "number", min_throughput = "count", sampling_duration = "duration",
+  break_duration = "duration", half_open_max_calls = "count", key = "string", max_keys = "count",
+}
+
+local function known(spec)
+  local names = {}
+  for k in next, spec do names[#names + 1] = k end
+  sort(names)
+  return concat(names, ", ")
+end
+
+local function norm(t, spec, what)
+  if type(t) ~= "table" then error(sformat("%s must be a table", what), 0) end
+  local out = {}
+  for k, v in next, t do
+    local kind = spec[k]
+    if kind == nil then
+      error(sformat("%s: unknown option %s (known: %s)", what, sformat("%q", tostring(k)), known(spec)), 0)
+    end
+    local bad
+    if kind == "duration" then
+      local ok, ms = pcall(M.duration_ms, v)
+      if ok then out[k .. "_ms"] = ms else bad = "a duration (seconds, or a string like \"500ms\", \"10s\")" end
+    elseif kind == "count" then
+      if math.type(v) == "integer" and v >= 0 then out[k] = v else bad = "a whole number >= 0" end
+    elseif kind == "number" then
+      if type(v) == "number" and v == v then out[k] = v else bad = "a number" end
+    elseif kind == "boolean" then
+      if type(v) == "boolean" then out[k] = v else bad = "true or false" end
+    elseif kind == "string" then
+      if type(v) == "string" and v ~= "" then out[k] = v else bad = "a non-empty string" end
+    elseif kind == "types" then
+      if type(v) ~= "table" then bad = "a list of error types" else
+        local list = {}
+        for i = 1, #v do
+          if type(v[i]) ~= "string" or v[i] == "" then bad = "a list of error types (strings)" break end
+          list[i] = v[i]
+        end
+        out[k] = list
+      end
+    elseif not kind[v] then
+      bad = "one of " .. known(kind)
+    else
+      out[k] = v
+    end
+    if bad then error(sformat("%s.%s must be %s, got %s", what, k, bad, type(v) == "string" and sformat("%q", v) or tostring(v)), 0) end
+  end
+  return out
+end
+
+-- Per-call options: { retry = {...}, timeout = <attempt timeout>, key = <idempotency key> }.
+function M.normalize_call_opts(o)
+  local out = {}
+  for k, v in next, o do
+    if k == "retry" then out.retry = norm(v, retry_spec, "retry")
+    elseif k == "timeout" then
+      local ok, ms = pcall(M.duration_ms, v)
+      if not ok then error("timeout must be a duration (seconds, or a string like \"5s\")", 0) end
+      out.timeout_ms = ms
+    elseif k == "key" then
+      if type(v) ~= "string" or v == "" or #v > 512 then error("key must be a non-empty string of at most 512 bytes", 0) end
+      out.key = v
+    else
+      error(sformat("unknown option %q (known: key, retry, timeout)", tostring(k)), 0)
+    end
+  end
+  return out
+end
+
+-- A registration policy: { retry = {...}, breaker = {...}, at_most_once = bool, blocking = bool }.
+function M.normalize_policy(p)
+  local out = {}
+  for k, v in next, p do
+    if k == "retry" then out.retry = norm(v, retry_spec, "retry")
+    elseif k == "breaker" then
+      if v == false then out.breaker = { enabled = false } else out.breaker = norm(v, breaker_spec, "breaker") end
+    elseif k == "at_most_once" or k == "blocking" then
+      if type(v) ~= "boolean" then error(k .. " must be true or false", 0) end
+      out[k] = v
+    else
+      error(sformat("unknown policy option %q (known: at_most_once, blocking, breaker, retry)", tostring(k)), 0)
+    end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------------------------
 -- Errors raised into workflow code. Structured: code, message, retryable, plus extra fields.
 ---------------------------------------------------------------------------------------------
 local error_methods = {}
@@ -138,8 +236,8 @@ end
 local decode = M.decode
 
 -- The workflow calls a ctx method, which calls `command`: error level 3 is the workflow line.
-local function command(kind, name, arg)
-  local st, a, b, c = yield(kind, name, arg)
+local function command(kind, name, arg, opts)
+  local st, a, b, c = yield(kind, name, arg, opts)
   if st == "value" then return a end
   if st == "json" then
     local ok, v = pcall(decode, a)
@@ -191,15 +289,18 @@ local function actions_proxy()
       end
       local f = cache[name]
       if not f then
-        f = function(params, ...)
-          if select("#", ...) > 0 and type((...)) ~= "table" and (...) ~= nil then
-            error(sformat("ctx.actions.%s(params, opts): opts must be a table", name), 2)
+        f = function(params, opts)
+          if opts ~= nil then
+            if type(opts) ~= "table" then error(sformat("ctx.actions.%s(params, opts): opts must be a table", name), 2) end
+            local ok, o = pcall(M.normalize_call_opts, opts)
+            if not ok then error(sformat("ctx.actions.%s(params, opts): %s", name, tostring(o)), 2) end
+            opts = o
           end
           local ok, payload = pcall(json.encode, params == nil and json.null or params)
           if not ok then
             error(sformat("params of action '%s' cannot be stored as JSON: %s", name, payload), 2)
           end
-          local result = command("action", name, payload) -- not a tail call: errors need this frame
+          local result = command("action", name, payload, opts) -- not a tail call: errors need this frame
           return result
         end
         cache[name] = f

@@ -81,13 +81,15 @@ describe("user_onboarding #integration", function()
 
   it("fails when a reminder cannot be sent", function()
     local run = env:start("user_onboarding", { email = "gus@example.com", remind_every = "1h" })
-    env.actions.send_email:time_out_next(1)
+    env.actions.send_email:time_out_next(3) -- every attempt of the default policy
     env:advance("1h")
+    env:advance("1m")
     assert.are.equal("failed", run:status())
     assert.are.equal("reminded", run:state())
-    assert.matches("action 'send_email' failed: timeout: injected timeout", run:error(), 1, true)
+    assert.matches("action 'send_email' failed: retries_exhausted: 3 attempts failed; last error: no outcome "
+      .. "within 10000 ms (the attempt timeout)", run:error(), 1, true)
     env:advance("1h") -- a failed instance arms no more timers
-    assert.spy(env.actions.send_email).was.called(2)
+    assert.spy(env.actions.send_email).was.called(4)
   end)
 
   it("survives restarts between reminders without repeating emails", function()

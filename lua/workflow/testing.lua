@@ -11,9 +11,11 @@
 --
 -- Each env is an isolated host on a temporary database with its own virtual clock. Every
 -- action a workflow calls is a busted spy: a Lua function given in `actions`, or a default
--- that returns {} for any other name. Faults can be injected per action (fail_next,
--- time_out_next, hold/complete). When a spec fails, the timelines of the env's instances are
--- printed.
+-- that returns {} for any other name. Mocked actions go through the host's retries, timeouts
+-- and circuit breakers like C actions, on the virtual clock, with the policy given at
+-- registration: actions = { charge = { fn = function(p) ... end, policy = { retry = {...},
+-- breaker = {...} } } }. Faults can be injected per action (fail_next, time_out_next,
+-- hold/complete). When a spec fails, the timelines of the env's instances are printed.
 local wfhost = require "wfhost"
 local spy = require "luassert.spy"
 
@@ -33,25 +35,38 @@ local open_envs = setmetatable({}, { __mode = "k" })
 ---------------------------------------------------------------------------------------------
 
 local faults = {
-  transient = { code = "transient", message = "injected transient failure", retryable = true },
-  permanent = { code = "permanent", message = "injected permanent failure", retryable = false },
-  timeout = { code = "timeout", message = "injected timeout", retryable = true },
+  transient = { type = "transient", message = "injected transient failure", retryable = true },
+  permanent = { type = "permanent", message = "injected permanent failure", retryable = false },
+  timeout = "timeout", -- the call never answers: the host times it out at its deadline
 }
 
+-- A fault: "transient", "permanent", "timeout", or an error table { type (or code), message,
+-- retryable, retry_after = a duration hint for the next attempt }.
 local function fault(err)
   if err == nil then return faults.transient end
   if type(err) == "string" then
-    return faults[err] or { code = "error", message = err, retryable = false }
+    return faults[err] or { type = "error", message = err, retryable = false }
+  end
+  if type(err) == "table" and err.retry_after ~= nil then
+    local e = {}
+    for k, v in pairs(err) do e[k] = v end
+    e.retry_after = ms(err.retry_after)
+    if e.retryable == nil then e.retryable = true end
+    return e
   end
   return err
 end
 
 -- A spy with fault injection. The spy records each call's (params, call); call.key is the
--- idempotency key, call.attempt the attempt.
+-- idempotency key, call.attempt the attempt, call.deadline when the host gives up on it.
 local function new_mock(env, name, impl)
   local mock
   mock = spy.new(function(params, call)
     local f = table.remove(mock._faults, 1)
+    if f == "timeout" then
+      mock._swallowed[#mock._swallowed + 1] = call -- kept, never completed
+      return wfhost.pending
+    end
     if f then error(f, 0) end
     if mock._holding then
       mock._held[#mock._held + 1] = call
@@ -61,13 +76,15 @@ local function new_mock(env, name, impl)
     return {}
   end)
   mock._name, mock._faults, mock._held, mock._holding, mock._env = name, {}, {}, false, env
+  mock._swallowed = {}
 
-  -- The next n calls fail with err ("transient", "permanent", or { code, message, retryable }).
+  -- The next n calls fail with err ("transient", "permanent", "timeout", or an error table
+  -- { type, message, retryable, retry_after }).
   function mock:fail_next(n, err)
     for _ = 1, n or 1 do self._faults[#self._faults + 1] = fault(err) end
     return self
   end
-  -- The next n calls fail as timed out.
+  -- The next n calls never answer: each times out at its attempt timeout (virtual time).
   function mock:time_out_next(n)
     return self:fail_next(n, "timeout")
   end
@@ -162,7 +179,7 @@ function Run:timeline()
   if info.error then lines[#lines + 1] = "  error: " .. info.error:gsub("\n", "\n  ") end
   local t0 = self.env.t0
   for _, e in ipairs(self:history()) do
-    lines[#lines + 1] = ("  %4d  +%-10s %4s  %-13s %-16s %s"):format(e.pos, ("%.3fs"):format((e.at - t0) / 1000),
+    lines[#lines + 1] = ("  %4d  +%-10s %4s  %-15s %-16s %s"):format(e.pos, ("%.3fs"):format((e.at - t0) / 1000),
       e.seq > 0 and tostring(e.seq) or "", e.kind, e.name or "", brief(e.data))
   end
   return table.concat(lines, "\n")
@@ -196,10 +213,19 @@ local function open(env)
   if not h then error("workflow.testing: " .. tostring(err), 3) end
   env.h = h
   for _, plugin in ipairs(env.plugins) do assert(h:load_plugin(plugin)) end
-  -- Every action name without a C action of its own goes to its mock.
+  -- Every action name without a C action of its own goes to its mock; mocks given a policy
+  -- are registered with it.
   assert(h:register_action("*", function(params, call)
     return env.actions[call.action](params, call)
   end))
+  for name, policy in pairs(env._policies) do
+    local ok, err = h:register_action(name, function(params, call) return env.actions[name](params, call) end, policy)
+    if not ok then
+      h:close()
+      env.h = nil
+      error("workflow.testing: " .. tostring(err), 3)
+    end
+  end
   assert(h:drain())
 end
 
@@ -215,6 +241,7 @@ function M.env(opts)
   env.t0 = env.clock
   local mocks = {}
   env._mocks = mocks
+  env._policies = {}
   env.actions = setmetatable({}, {
     __index = function(_, name)
       local m = mocks[name]
@@ -229,12 +256,13 @@ function M.env(opts)
   for name, a in pairs(opts.actions or {}) do
     local fn = a
     if type(a) == "table" then
-      if a.policy then
-        error(("action '%s': policies (retry, timeout, breaker) are not supported by this host yet"):format(name), 2)
+      if a.policy ~= nil and type(a.policy) ~= "table" then
+        error(("action '%s': policy must be a table { retry = ..., breaker = ... }"):format(name), 2)
       end
-      fn = a.fn
+      env._policies[name] = a.policy
+      fn = a.fn or function() return {} end
     end
-    if type(fn) ~= "function" then error(("action '%s' must be a function or { fn = function }"):format(name), 2) end
+    if type(fn) ~= "function" then error(("action '%s' must be a function or { fn = function, policy = {...} }"):format(name), 2) end
     mocks[name] = new_mock(env, name, fn)
   end
   open(env)
@@ -292,10 +320,39 @@ end
 function Env:restart()
   local now = self.h:now()
   -- Calls held by mocks die with the host; the new host invokes those actions again.
-  for _, m in pairs(self._mocks) do m._held = {} end
+  for _, m in pairs(self._mocks) do m._held, m._swallowed = {}, {} end
   self.h:close()
   self.clock = now
   open(self)
+end
+
+-- The circuit breakers: { { action, key, state, calls, failures, failure_ratio, open_until } }.
+function Env:breakers()
+  return assert(self.h:breakers())
+end
+
+-- The state of an action's breaker ("closed" if it has none yet).
+function Env:breaker(action, key)
+  for _, b in ipairs(self:breakers()) do
+    if b.action == action and b.key == (key or "") then return b.state, b end
+  end
+  return "closed"
+end
+
+-- Opens a breaker by hand until env:close_breaker() (an operator's isolate), then runs.
+function Env:isolate(action, key)
+  assert(self.h:isolate(action, key))
+  self:settle()
+end
+
+function Env:close_breaker(action, key)
+  assert(self.h:close_breaker(action, key))
+  self:settle()
+end
+
+-- Counters of attempts by outcome, retries by reason, rejections, breaker changes.
+function Env:action_stats()
+  return self.h:action_stats()
 end
 
 -- Every instance of the database, newest first.

@@ -1,0 +1,432 @@
+/*
+ * wf_attempt.c — the attempts of one action step, under its policy. The order of the layers:
+ * total timeout ⊃ durable retry ⊃ circuit breaker ⊃ attempt timeout ⊃ action.
+ *
+ * Everything here runs inside a batch: each decision is journaled in the instance's history
+ * with the step's seq, and its effect (invoking the action) is released by the engine only
+ * after the batch commits. The history of a step, with n the attempt number:
+ *
+ *   action            the workflow's call (its params); attempt 1 starts
+ *   attempt           attempt n starts (n > 1, or 1 after a rejection)
+ *   attempt_failed    attempt n failed: class transient or timeout (data: the error)
+ *   rejected          the circuit is open: attempt n does not start (uses no attempt)
+ *   retry_scheduled   attempt n starts at `at` (a durable timer; never re-drawn)
+ *   action_lost       attempt n was in flight when the previous host stopped
+ *   outcome_unknown   the same for an at-most-once action: suspended for an operator
+ *   exhausted         no attempt or time left
+ *   action_result / action_error   the outcome the workflow receives
+ *
+ * A step rebuilt by replay reads these back (rearm) and carries on where it was: a backoff
+ * fires once, at its persisted time; an attempt in flight at a crash counts as lost.
+ */
+#include <inttypes.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wf_engine.h"
+
+static double unit(wf_host *h) { return (double)(wf_rand64(h) >> 11) * 0x1.0p-53; }
+
+void wf_attempt_observe(wf_host *h, const char *kind, const char *instance, int64_t seq, const char *action,
+                        const char *data) {
+  if (!h->observer) return;
+  wf_action_event ev = {.kind = kind, .instance = instance, .seq = seq, .action = action,
+                        .data_json = data, .at = wf_now(h)};
+  h->observer(h->observer_ud, &ev);
+}
+
+void wf_attempt_journal(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
+                        const char *data) {
+  wf_engine_history(h, in, seq, kind, name, data);
+  wf_attempt_observe(h, kind, in->id, seq, name, data);
+}
+
+/* A delay of at most a second, longer the more retries fall due at once: overdue retries
+ * after a restart are spread out instead of all fired in the same instant. */
+static int64_t spread(wf_host *h, int64_t now) {
+  if (now - h->spread_at > 1000) {
+    h->spread_at = now;
+    h->spread_n = 0;
+  }
+  int w = ++h->spread_n > 1000 ? 1000 : h->spread_n;
+  return (int64_t)(unit(h) * w);
+}
+
+/* ---- policies ------------------------------------------------------------------------ */
+
+int wf_attempt_opts(wf_host *h, lua_State *co, int idx, const char *name, wf_call_opts *o, char *err, size_t n) {
+  wf_action *a = wf_action_find(h, name);
+  wf_breaker_policy bp;
+  wf_action_policy_of(h, name, &o->pol, &bp);
+  o->nonretry = wf_strdup(a ? a->nonretry : NULL);
+  o->key = NULL;
+  if (idx) {
+    idx = lua_absindex(co, idx);
+    if (lua_getfield(co, idx, "retry") == LUA_TTABLE) wf_retry_from_lua(co, -1, &o->pol, &o->nonretry);
+    lua_pop(co, 1);
+    if (lua_getfield(co, idx, "timeout_ms") == LUA_TNUMBER) o->pol.attempt_timeout_ms = lua_tointeger(co, -1);
+    lua_pop(co, 1);
+    if (lua_getfield(co, idx, "key") == LUA_TSTRING) o->key = wf_strdup(lua_tostring(co, -1));
+    lua_pop(co, 1);
+    if (wf_retry_check(&o->pol, err, n) != 0 || wf_breaker_check(&bp, o->pol.attempt_timeout_ms, err, n) != 0)
+      return -1;
+  }
+  if (!o->pol.max_delay_ms) o->pol.max_delay_ms = 100 * o->pol.initial_delay_ms;
+  return 0;
+}
+
+void wf_call_opts_free(wf_call_opts *o) {
+  free(o->nonretry);
+  free(o->key);
+  o->nonretry = o->key = NULL;
+}
+
+static void setup(wf_host *h, wf_instance *in, int64_t seq, const char *name, char *params, wf_call_opts *o) {
+  wf_instance_free_pend(in);
+  in->pend.kind = WF_PEND_ACTION;
+  in->pend.seq = seq;
+  in->pend.name = wf_strdup(name);
+  in->pend.params = params;
+  in->pend.pol = o->pol;
+  in->pend.nonretry = o->nonretry;
+  in->pend.key = o->key;
+  o->nonretry = o->key = NULL;
+  wf_action *a = wf_action_find(h, name);
+  in->pend.flags = a ? a->opts.flags : 0;
+  if (a && a->opts.breaker.enabled && a->opts.breaker.key_param)
+    in->pend.brk_key = wf_json_get(h, params, a->opts.breaker.key_param);
+}
+
+/* ---- outcomes ------------------------------------------------------------------------ */
+
+/* Attempts made in this round (since the step began, or since an operator's retry). */
+static int made(const wf_instance *in) { return in->pend.attempt - in->pend.round_base; }
+/* (While backing off, or after a rejection, pend.attempt is the next attempt: one fewer was made.) */
+
+static wf_breaker *breaker_of(wf_host *h, wf_instance *in, wf_breaker_policy *bp) {
+  wf_action_policy_of(h, in->pend.name, NULL, bp);
+  return bp->enabled ? wf_breaker_get(h, in->pend.name, in->pend.brk_key, bp) : NULL;
+}
+
+static void count(wf_host *h, wf_instance *in, wf_outcome cls, int64_t now) {
+  h->stats.attempts[cls]++;
+  if (cls == WF_OUTCOME_LOST || !in->pend.started_at) return;
+  uint64_t ms = now > in->pend.started_at ? (uint64_t)(now - in->pend.started_at) : 0;
+  h->stats.attempt_ms[cls] += ms;
+  if (ms > h->stats.attempt_max_ms[cls]) h->stats.attempt_max_ms[cls] = ms;
+}
+
+/* Resumes the workflow with the step's outcome: journaled, then pushed. */
+static int deliver_outcome(wf_host *h, wf_instance *in, int ok, char *json) {
+  wf_engine_history(h, in, in->pend.seq, ok ? "action_result" : "action_error", in->pend.name, json);
+  lua_pushstring(in->co, ok ? "json" : "error");
+  lua_pushstring(in->co, json);
+  free(json);
+  return 2;
+}
+
+/* The error a workflow receives: {code, message, type, attempts, retryable, cause}. */
+static char *error_json(const char *code, const char *type, const char *message, int attempts, const char *cause) {
+  char *qc = wf_json_quote(code), *qt = wf_json_quote(type), *qm = wf_json_quote(message);
+  size_t n = strlen(qc) + strlen(qt) + strlen(qm) + (cause ? strlen(cause) : 0) + 128;
+  char *s = wf_xmalloc(n);
+  int k = snprintf(s, n, "{\"code\":%s,\"type\":%s,\"message\":%s,\"attempts\":%d,\"retryable\":false", qc, qt, qm,
+                   attempts);
+  snprintf(s + k, n - (size_t)k, cause ? ",\"cause\":%s}" : "}", cause);
+  free(qc);
+  free(qt);
+  free(qm);
+  return s;
+}
+
+/* {"attempt":n,"class":...,"type":...,"message":...}: an attempt_failed entry, and the cause
+ * of the error when attempts run out. */
+static char *failure_json(int attempt, wf_outcome cls, const char *type, const char *message) {
+  char *qt = wf_json_quote(type), *qm = wf_json_quote(message);
+  size_t n = strlen(qt) + strlen(qm) + 80;
+  char *s = wf_xmalloc(n);
+  snprintf(s, n, "{\"attempt\":%d,\"class\":\"%s\",\"type\":%s,\"message\":%s}", attempt, wf_outcome_name(cls), qt,
+           qm);
+  free(qt);
+  free(qm);
+  return s;
+}
+
+/* No attempt or no time left: the workflow gets the error, or the instance waits for an
+ * operator. Returns what wf_attempt_deliver returns. */
+static int exhaust(wf_host *h, wf_instance *in, const char *code, int n) {
+  h->stats.exhausted++;
+  const char *type = in->pend.last_type ? in->pend.last_type : "error";
+  const char *last = in->pend.last_msg ? in->pend.last_msg : "";
+  if (n < 0) n = 0;
+  char msg[1200];
+  if (!strcmp(code, "deadline_exceeded"))
+    snprintf(msg, sizeof msg, "no success within the total timeout of %" PRId64 " ms (%d attempt%s); last error: %.900s",
+             in->pend.pol.total_timeout_ms, n, n == 1 ? "" : "s", last);
+  else
+    snprintf(msg, sizeof msg, "%d attempt%s failed; last error: %.900s", n, n == 1 ? "" : "s", last);
+  char *err = error_json(code, type, msg, n, in->pend.last_fail);
+  wf_attempt_journal(h, in, in->pend.seq, "exhausted", in->pend.name, err);
+  if (in->pend.pol.suspend_on_exhaustion) {
+    free(err);
+    wf_step_suspend(h, in, "action '%s' gave up: %s. Fix the cause, then run `wfhost retry %s` to try again",
+                    in->pend.name, msg, in->id);
+    return -1;
+  }
+  return deliver_outcome(h, in, 0, err);
+}
+
+/* The next attempt (number in->pend.attempt) starts at `at`: persisted, then waited for. */
+static int schedule(wf_host *h, wf_instance *in, int64_t now, int64_t at, const char *reason) {
+  if (in->pend.pol.total_timeout_ms && at >= in->pend.first_at + in->pend.pol.total_timeout_ms)
+    return exhaust(h, in, "deadline_exceeded", made(in) - 1);
+  char data[200];
+  snprintf(data, sizeof data, "{\"attempt\":%d,\"at\":%" PRId64 ",\"delay_ms\":%" PRId64 ",\"reason\":\"%s\"}",
+           in->pend.attempt, at, at - now, reason);
+  wf_attempt_journal(h, in, in->pend.seq, "retry_scheduled", in->pend.name, data);
+  wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, in->pend.seq, at));
+  in->pend.backing_off = 1;
+  in->pend.due = at;
+  in->status = WF_ST_WAITING;
+  wf_engine_add_timer(h, in, in->pend.seq, at > now ? at : now + spread(h, now));
+  return -1;
+}
+
+/* Starts attempt in->pend.attempt now, unless the breaker refuses it. journal: write an
+ * `attempt` entry (attempt 1 of a new call is the `action` entry itself). */
+static int start(wf_host *h, wf_instance *in, int64_t now, int journal) {
+  wf_breaker_policy bp;
+  wf_breaker *b = breaker_of(h, in, &bp);
+  in->pend.probe = 0;
+  if (b) {
+    int64_t retry_at = now;
+    if (!wf_breaker_allow(h, b, &bp, now, now + in->pend.pol.attempt_timeout_ms, &in->pend.probe, &retry_at, in,
+                          in->pend.seq)) {
+      h->stats.rejections++;
+      h->stats.retries_circuit_open++;
+      char data[200];
+      snprintf(data, sizeof data, "{\"attempt\":%d,\"state\":\"%s\",\"open_until\":%" PRId64 "}", in->pend.attempt,
+               wf_breaker_state_name(b->state), b->open_until);
+      wf_attempt_journal(h, in, in->pend.seq, "rejected", in->pend.name, data);
+      if (!in->pend.last_type) {
+        static const char why[] = "the circuit breaker is open: the action was not invoked";
+        in->pend.last_type = wf_strdup("circuit_open");
+        in->pend.last_msg = wf_strdup(why);
+        free(in->pend.last_fail);
+        in->pend.last_fail = wf_strdup("{\"type\":\"circuit_open\",\"message\":\"" "the circuit breaker is open: "
+                                       "the action was not invoked\"}");
+      }
+      int64_t window = bp.break_duration_ms < 1000 ? bp.break_duration_ms : 1000;
+      int64_t at = (retry_at > now ? retry_at : now) + (int64_t)(unit(h) * (double)window);
+      return schedule(h, in, now, at, "circuit_open");
+    }
+  }
+  char data[96];
+  snprintf(data, sizeof data, "{\"attempt\":%d}", in->pend.attempt);
+  if (journal) wf_attempt_journal(h, in, in->pend.seq, "attempt", in->pend.name, data);
+  else wf_attempt_observe(h, "attempt", in->id, in->pend.seq, in->pend.name, data);
+  in->pend.backing_off = 0;
+  in->pend.due = 0;
+  in->pend.dispatch = 1;
+  in->status = WF_ST_RUNNING;
+  return -1;
+}
+
+/* An attempt failed with cls (transient, permanent, timeout or lost). */
+static int failed(wf_host *h, wf_instance *in, int64_t now, wf_outcome cls, const char *type, const char *message,
+                  int64_t retry_after) {
+  if (cls == WF_OUTCOME_PERMANENT || wf_types_has(in->pend.nonretry, type))
+    return deliver_outcome(h, in, 0, error_json(type, type, message, made(in), NULL));
+  free(in->pend.last_type);
+  free(in->pend.last_msg);
+  free(in->pend.last_fail);
+  in->pend.last_type = wf_strdup(type);
+  in->pend.last_msg = wf_strdup(message);
+  in->pend.last_fail = failure_json(in->pend.attempt, cls, type, message);
+  wf_attempt_journal(h, in, in->pend.seq, "attempt_failed", in->pend.name, in->pend.last_fail);
+  if ((in->pend.flags & WF_ACTION_AT_MOST_ONCE) && (cls == WF_OUTCOME_TIMEOUT || cls == WF_OUTCOME_LOST)) {
+    char d[64];
+    snprintf(d, sizeof d, "{\"attempt\":%d}", in->pend.attempt);
+    wf_attempt_journal(h, in, in->pend.seq, "outcome_unknown", in->pend.name, d);
+    wf_step_suspend(h, in,
+                    "outcome unknown: attempt %d of at-most-once action '%s' (key %s:%" PRId64 ") %s, so it may or "
+                    "may not have taken effect, and it is not invoked again on its own. Check with the service, then "
+                    "run `wfhost retry %s` to invoke it again, or `wfhost cancel %s`",
+                    in->pend.attempt, in->pend.name, in->id, in->pend.seq,
+                    cls == WF_OUTCOME_LOST ? "was in flight when the host stopped" : "timed out", in->id, in->id);
+    return -1;
+  }
+  if (in->pend.pol.max_attempts && made(in) >= in->pend.pol.max_attempts)
+    return exhaust(h, in, "retries_exhausted", made(in));
+  int64_t delay = cls == WF_OUTCOME_LOST ? 0
+                  : retry_after >= 0     ? retry_after
+                                         : wf_retry_delay(&in->pend.pol, made(in), unit(h));
+  if (cls == WF_OUTCOME_TIMEOUT) h->stats.retries_timeout++;
+  else if (cls == WF_OUTCOME_LOST) h->stats.retries_lost++;
+  else h->stats.retries_transient++;
+  in->pend.attempt++;
+  return schedule(h, in, now, now + delay, wf_outcome_name(cls));
+}
+
+/* ---- the step ------------------------------------------------------------------------ */
+
+int wf_attempt_call(wf_host *h, wf_instance *in, int64_t seq, const char *name, char *params, wf_call_opts *o) {
+  in->seq = seq;
+  wf_engine_history(h, in, seq, "action", name, params);
+  setup(h, in, seq, name, params, o);
+  in->pend.attempt = 1;
+  in->pend.first_at = wf_now(h);
+  return start(h, in, in->pend.first_at, 0);
+}
+
+/* Reads "key":<integer> from an entry's data (written by this file). */
+static int64_t data_int(const char *data, const char *key) {
+  char pat[32];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = data ? strstr(data, pat) : NULL;
+  return p ? strtoll(p + strlen(pat), NULL, 10) : 0;
+}
+
+int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *cmd, wf_call_opts *o) {
+  int64_t now = wf_now(h);
+  setup(h, in, seq, cmd->name, wf_strdup(cmd->data_json), o);
+  int started = 0, inflight = 0, waiting = 0, exhausted = 0, unknown = 0;
+  int64_t next_at = 0;
+  const char *last_fail = NULL;
+  in->pend.first_at = cmd->at;
+  for (size_t i = (size_t)(cmd - in->hist); i < in->nhist; i++) {
+    const wf_history_entry *e = &in->hist[i];
+    if (e->seq != seq) continue;
+    const char *k = e->kind;
+    int n = (int)data_int(e->data_json, "attempt");
+    if (!strcmp(k, "action")) started = 1, inflight = 1;
+    else if (!strcmp(k, "attempt")) started = n, inflight = 1, waiting = exhausted = unknown = 0;
+    else if (!strcmp(k, "attempt_failed")) inflight = 0, last_fail = e->data_json;
+    else if (!strcmp(k, "rejected")) started = n - 1, inflight = 0;
+    else if (!strcmp(k, "action_lost")) inflight = 0;
+    else if (!strcmp(k, "retry_scheduled")) waiting = 1, in->pend.attempt = n, next_at = data_int(e->data_json, "at");
+    else if (!strcmp(k, "outcome_unknown")) unknown = 1, inflight = 0;
+    else if (!strcmp(k, "exhausted")) {
+      exhausted = 1, inflight = waiting = 0;
+      in->pend.round_base = started;
+      in->pend.first_at = e->at;
+    }
+  }
+  if (last_fail) {
+    in->pend.last_type = wf_json_get(h, last_fail, "type");
+    in->pend.last_msg = wf_json_get(h, last_fail, "message");
+    in->pend.last_fail = wf_strdup(last_fail);
+  }
+  if (exhausted || unknown) { /* the operator asked for another try: a new round starts now */
+    in->pend.round_base = started;
+    in->pend.first_at = now;
+    in->pend.attempt = started + 1;
+    return start(h, in, now, 1);
+  }
+  if (inflight) {
+    in->pend.attempt = started;
+    char data[64];
+    snprintf(data, sizeof data, "{\"attempt\":%d}", started);
+    wf_attempt_journal(h, in, seq, "action_lost", cmd->name, data);
+    count(h, in, WF_OUTCOME_LOST, now);
+    if (in->operator_retry && (in->pend.flags & WF_ACTION_AT_MOST_ONCE)) {
+      in->pend.attempt = started + 1;
+      return start(h, in, now, 1);
+    }
+    return failed(h, in, now, WF_OUTCOME_LOST, "lost", "the attempt was in flight when the host stopped", -1);
+  }
+  if (waiting) {
+    in->pend.backing_off = 1;
+    in->pend.due = next_at;
+    in->status = WF_ST_WAITING;
+    wf_engine_add_timer(h, in, seq, next_at > now ? next_at : now + spread(h, now));
+    return -1;
+  }
+  in->pend.attempt = started + 1;
+  return start(h, in, now, 1);
+}
+
+int wf_attempt_deliver(wf_host *h, wf_instance *in) {
+  int64_t now = wf_now(h);
+  if (in->pend.has_result) {
+    wf_outcome_rec o = in->pend.out;
+    memset(&in->pend.out, 0, sizeof in->pend.out);
+    in->pend.has_result = 0;
+    wf_outcome cls = o.ok ? WF_OUTCOME_OK : o.cls;
+    count(h, in, cls, now);
+    wf_breaker_policy bp;
+    wf_breaker *b = breaker_of(h, in, &bp);
+    if (b) wf_breaker_record(h, b, &bp, now, cls, in->pend.probe, in, in->pend.seq);
+    int r;
+    if (o.ok) {
+      r = deliver_outcome(h, in, 1, o.result);
+      o.result = NULL;
+    } else {
+      r = failed(h, in, now, cls, o.type, o.message, o.retry_after);
+    }
+    wf_outcome_free(&o);
+    return r;
+  }
+  if (in->pend.timed_out) {
+    in->pend.timed_out = 0;
+    count(h, in, WF_OUTCOME_TIMEOUT, now);
+    wf_breaker_policy bp;
+    wf_breaker *b = breaker_of(h, in, &bp);
+    if (b) wf_breaker_record(h, b, &bp, now, WF_OUTCOME_TIMEOUT, in->pend.probe, in, in->pend.seq);
+    char msg[200];
+    snprintf(msg, sizeof msg, "no outcome within %" PRId64 " ms (the %s timeout)", now - in->pend.started_at,
+             in->pend.pol.total_timeout_ms && now >= in->pend.first_at + in->pend.pol.total_timeout_ms ? "total"
+                                                                                                        : "attempt");
+    return failed(h, in, now, WF_OUTCOME_TIMEOUT, "timeout", msg, -1);
+  }
+  if (in->pend.backing_off && now >= in->pend.due) {
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, in->pend.seq));
+    in->pend.backing_off = 0;
+    if (in->pend.pol.total_timeout_ms && now >= in->pend.first_at + in->pend.pol.total_timeout_ms)
+      return exhaust(h, in, "deadline_exceeded", made(in) - 1);
+    return start(h, in, now, 1);
+  }
+  return 0;
+}
+
+void wf_attempt_cancel(wf_host *h, wf_instance *in) {
+  if (!in->pend.call) return;
+  wf_call *c = in->pend.call;
+  in->pend.call = NULL;
+  int64_t now = wf_now(h);
+  count(h, in, WF_OUTCOME_CANCELLED, now);
+  wf_breaker_policy bp;
+  wf_breaker *b = breaker_of(h, in, &bp);
+  if (b) wf_breaker_record(h, b, &bp, now, WF_OUTCOME_CANCELLED, in->pend.probe, in, in->pend.seq);
+  wf_action_abandon(h, c);
+}
+
+void wf_attempt_describe(const wf_instance *in, char *buf, size_t n) {
+  if (in->pend.backing_off) {
+    char t[32];
+    wf_format_time(in->pend.due, t);
+    snprintf(buf, n, "retry of action %s (attempt %d) at %s", in->pend.name, in->pend.attempt, t);
+  } else if (in->pend.attempt > 1) {
+    snprintf(buf, n, "action %s (attempt %d)", in->pend.name, in->pend.attempt);
+  } else {
+    snprintf(buf, n, "action %s", in->pend.name);
+  }
+}
+
+const char *wf_outcome_name(wf_outcome o) {
+  static const char *const names[] = {"ok", "transient", "timeout", "permanent", "cancelled", "lost"};
+  return (unsigned)o < WF_OUTCOME_COUNT ? names[o] : "?";
+}
+
+void wf_action_stats_get(wf_host *h, wf_action_stats *out) {
+  *out = h->stats;
+  out->breakers_open = 0;
+  for (wf_breaker *b = h->brk_lru_head; b; b = b->lru_next) out->breakers_open += b->state != WF_BRK_CLOSED;
+}
+
+void wf_set_observer(wf_host *h, wf_observer_fn fn, void *ud) {
+  h->observer = fn;
+  h->observer_ud = ud;
+}

@@ -124,7 +124,7 @@ start_host() {
   last="wfhost run --db $DB --workflows $WF --plugin $PLUGIN (log: $hostlog)"
   rc=running
   deadline=$(($(now) + 10))
-  until grep -q '^wfhost: running workflows from ' "$hostlog"; do
+  until grep -qs '^wfhost: running workflows from ' "$hostlog"; do
     if ! alive "$host" || [ "$(now)" -gt "$deadline" ]; then
       cp "$hostlog" "$ERR"; : >"$OUT"
       return 1
@@ -332,6 +332,39 @@ wf --json list
 check "list shows inv-1 once" eval 'rc_is 0 && [ "$(count_in_out "\"id\":\"inv-1\"")" = 1 ]'
 wf show inv-1
 check "inv-1 is still completed, unchanged" out_matches "^status: *completed"
+
+# --- circuit breakers -------------------------------------------------------------------------
+# An operator isolates the breaker of `ship`: an order then waits at its ship step, rejected
+# without the action being invoked, until the breaker is closed.
+echo "# circuit breakers"
+wait_breakers() { # like wait_show, for `wfhost --json breakers`
+  deadline=$(($(now) + 10))
+  until wf --json breakers && out_has "$1"; do
+    [ "$(now)" -le "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+wf breakers isolate ship
+check "breakers isolate ship exits 0 and says it is requested" eval 'rc_is 0 && out_has "isolating ship: requested"'
+check "the host applies it: breakers --json shows ship isolated" wait_breakers '"action":"ship","key":"","state":"isolated"'
+wf breakers
+check "breakers (text) has a header and the ship row" \
+  eval 'rc_is 0 && out_matches "^ACTION  *KEY  *STATE  *CALLS  *FAILURES" && out_matches "^ship  *-  *isolated"'
+wf start order_fulfillment '{"id":"A-1","customer":"c-1","address":"x","cooling_off":"1ms","items":[{"sku":"tea","qty":1,"price":2}]}' --id ord-1
+check "an order waits at its ship step, rejected by the isolated breaker" \
+  wait_show ord-1 '"waiting_for":"retry of action ship (attempt 1) at '
+check "its history records the rejection, and ship was not invoked" \
+  eval 'out_has "\"kind\":\"rejected\",\"name\":\"ship\"" && ! grep -q "\[demo\] ship" "$hostlog"'
+check "the payment breaker is per customer: c-1 has its own row" \
+  eval 'wf --json breakers; out_has "\"action\":\"charge_payment\",\"key\":\"c-1\",\"state\":\"closed\""'
+wf breakers close ship
+check "breakers close ship exits 0" rc_is 0
+check "the order ships once the breaker is closed" wait_show ord-1 '"status":"completed"'
+check "with a tracking number from the ship action" out_has '"tracking":"TRK-'
+wf breakers frob
+check "breakers frob is a usage error" usage_error
+wf breakers isolate
+check "breakers isolate without an action is a usage error" usage_error
 
 # --- a second host ---------------------------------------------------------------------------
 echo "# a second host"

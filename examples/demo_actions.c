@@ -89,11 +89,13 @@ int wfhost_plugin_init(wf_host *h) {
   if (!rc) rc = wf_register_action(h, "escalate", ok_action, NULL, NULL);
   if (!rc) rc = wf_register_action(h, "reserve_inventory", reserve_inventory, NULL, NULL);
   if (!rc) rc = wf_register_action(h, "release_inventory", ok_action, NULL, NULL);
-  /* A payment service: five attempts, and a breaker per currency (params.currency). */
+  /* A payment service: five attempts, each given 5 s, and a breaker per customer (a
+   * customer's failing card must not stop everyone's payments). */
   wf_action_opts pay;
   wf_action_opts_init(&pay);
   pay.retry.max_attempts = 5;
-  pay.breaker.key_param = "currency";
+  pay.retry.attempt_timeout_ms = 5000;
+  pay.breaker.key_param = "customer";
   if (!rc) rc = wf_register_action(h, "charge_payment", charge_payment, NULL, &pay);
   if (!rc) rc = wf_register_action(h, "refund_payment", ok_action, NULL, NULL);
   if (!rc) rc = wf_register_action(h, "ship", ship, NULL, NULL);

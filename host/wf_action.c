@@ -405,4 +405,5 @@ static void action_log(wf_call *c, void *ud) {
 void wf_action_register_builtins(wf_host *h) {
   wf_register_action(h, "echo", action_echo, NULL, NULL);
   wf_register_action(h, "log", action_log, NULL, NULL);
+  wf_http_register(h);
 }

@@ -233,6 +233,7 @@ int wf_host_open(const char *db_path, const wf_config *cfg, wf_host **out) {
 
 void wf_host_close(wf_host *h) {
   if (!h) return;
+  wf_http_close(h);
   if (h->cfg.mode == WF_MODE_HOST && h->loop) wf_engine_shutdown(h);
   wf_action_free_all(h);
   wf_breaker_free_all(h);

@@ -326,6 +326,37 @@ static int cmd_show(cli *c) {
   return st;
 }
 
+/* breakers | breakers isolate ACTION [KEY] | breakers close ACTION [KEY] */
+static int cmd_breakers(cli *c) {
+  const char *op = c->npos ? c->pos[0] : NULL;
+  if (op && strcmp(op, "isolate") && strcmp(op, "close"))
+    return usage_error("unknown breakers operation '%s' (isolate or close)", op);
+  if (op && c->npos < 2) return usage_error("breakers %s needs an action name", op);
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return st;
+  if (op) {
+    const char *key = c->npos > 2 ? c->pos[2] : NULL;
+    int rc = !strcmp(op, "isolate") ? wf_breaker_isolate(h, c->pos[1], key) : wf_breaker_close(h, c->pos[1], key);
+    if (rc != WF_OK) st = fail_host(h, rc);
+    else if (c->json) fputs("{\"ok\":true}\n", stdout);
+    else printf("%s %s%s%s: requested; the host applies it within its poll interval\n",
+                               !strcmp(op, "isolate") ? "isolating" : "closing", c->pos[1], key ? " key " : "", key ? key : "");
+    wf_host_close(h);
+    return st;
+  }
+  wf_breaker_info *list = NULL;
+  size_t n = 0;
+  int rc = wf_breakers(h, &list, &n);
+  if (rc != WF_OK) st = fail_host(h, rc);
+  else if (c->json) wf_cli_print_breakers_json(list, n);
+  else if (n == 0) fprintf(stderr, "wfhost: no circuit breaker has recorded anything yet\n");
+  else wf_cli_print_breakers(list, n);
+  wf_breakers_free(list, n);
+  wf_host_close(h);
+  return st;
+}
+
 static int cmd_check(cli *c) {
   const char *dir = c->npos ? c->pos[0] : DEFAULT_WORKFLOWS;
   wf_config cfg;
@@ -540,7 +571,9 @@ static const command commands[] = {
    "  wfhost cancel inv-7\n"},
   {"retry", cmd_cancel_retry, 1, 1, no_opts, "retry ID", "resume a suspended instance",
    "Resumes suspended instance ID by replaying it with the workflow code the host has loaded now\n"
-   "(after a determinism diff was fixed, a missing action was registered, ...).\n\n"
+   "(after a determinism diff was fixed, a missing action was registered, ...). An action step\n"
+   "that had run out of attempts starts a new round of attempts; an at-most-once action whose\n"
+   "outcome was unknown is invoked again.\n\n"
    "Example:\n"
    "  wfhost retry inv-7\n"},
   {"list", cmd_list, 0, 0, list_opts, "list [--status STATUS] [--workflow NAME] [--limit N]",
@@ -557,6 +590,16 @@ static const command commands[] = {
    "journal entry. With --json: one object including the full history.\n\n"
    "Example:\n"
    "  wfhost show inv-7\n"},
+  {"breakers", cmd_breakers, 0, 3, no_opts, "breakers [isolate|close ACTION [KEY]]",
+   "show circuit breakers, or open or close one by hand",
+   "Without arguments: each circuit breaker the host has written, with its state (closed, open,\n"
+   "half_open, isolated), the calls and failures in its sampling window, and until when it is\n"
+   "open (with --json: an array of objects). Counts are as of the host's last write.\n\n"
+   "  breakers isolate ACTION [KEY]   open the breaker by hand: calls are rejected (and retried\n"
+   "                                  later by their policy) until it is closed; survives restarts\n"
+   "  breakers close ACTION [KEY]     close it, with an empty window\n\n"
+   "Example:\n"
+   "  wfhost breakers isolate charge_payment\n"},
   {"check", cmd_check, 0, 1, no_opts, "check [DIR]", "check workflow files without running them",
    "Checks the workflow files in DIR (default ./workflows): syntax, that each file returns a\n"
    "definition, duplicate names. Prints 'ok: DIR', or each problem as file:line: message on\n"

@@ -39,4 +39,8 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
  * line, ending with a newline. */
 void wf_cli_print_show_json(const wf_info *in, const wf_history_entry *hist, size_t nh);
 
+/* Prints circuit breakers as the `breakers` table, or as a JSON array. */
+void wf_cli_print_breakers(const wf_breaker_info *list, size_t n);
+void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n);
+
 #endif

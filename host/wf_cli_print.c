@@ -429,3 +429,47 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
   }
   table_print(&t, "  ", 1u << 0 | 1u << 2);
 }
+
+/* ---- circuit breakers -------------------------------------------------------------------- */
+
+void wf_cli_print_breakers(const wf_breaker_info *list, size_t n) {
+  table t = {.ncols = 7};
+  const char *head[] = {"ACTION", "KEY", "STATE", "CALLS", "FAILURES", "OPEN UNTIL", "UPDATED"};
+  char *row[7];
+  for (int i = 0; i < 7; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  for (size_t k = 0; k < n; k++) {
+    char until[40], when[40];
+    fmt_time(list[k].open_until, 0, until);
+    fmt_time(list[k].updated_at, 0, when);
+    row[0] = one_line(list[k].action, 0);
+    row[1] = one_line(*list[k].key ? list[k].key : NULL, 0);
+    row[2] = one_line(list[k].state, 0);
+    row[3] = fmt_cell("%" PRId64, list[k].calls);
+    row[4] = list[k].calls ? fmt_cell("%" PRId64 " (%.0f%%)", list[k].failures, 100 * list[k].failure_ratio)
+                           : fmt_cell("%" PRId64, list[k].failures);
+    row[5] = one_line(list[k].open_until ? until : NULL, 0);
+    row[6] = one_line(list[k].updated_at ? when : NULL, 0);
+    table_add(&t, (const char *const *)row);
+  }
+  table_print(&t, "", (1u << 3) | (1u << 4));
+}
+
+void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n) {
+  fputc('[', stdout);
+  for (size_t i = 0; i < n; i++) {
+    fputs(i ? ",\n  {\"action\":" : "\n  {\"action\":", stdout);
+    wf_cli_json_str(stdout, list[i].action);
+    fputs(",\"key\":", stdout);
+    wf_cli_json_str(stdout, list[i].key);
+    fputs(",\"state\":", stdout);
+    wf_cli_json_str(stdout, list[i].state);
+    printf(",\"calls\":%" PRId64 ",\"failures\":%" PRId64 ",\"failure_ratio\":%.4f,\"open_until\":", list[i].calls,
+           list[i].failures, list[i].failure_ratio);
+    json_time(stdout, list[i].open_until);
+    fputs(",\"updated_at\":", stdout);
+    json_time(stdout, list[i].updated_at);
+    fputc('}', stdout);
+  }
+  fputs(n ? "\n]\n" : "]\n", stdout);
+}

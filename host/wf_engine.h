@@ -313,6 +313,7 @@ struct wf_host {
   void *observer_ud;
   int64_t spread_at;   /* overdue retries spread over a short window (wf_attempt.c) */
   int spread_n;
+  void *http;          /* the http.request action's client, made at its first call (wf_http.c) */
 
   /* circuit breakers */
   wf_breaker **brk_buckets;
@@ -480,5 +481,11 @@ void wf_attempt_observe(wf_host *h, const char *kind, const char *instance, int6
                         const char *data);
 /* The waiting_for text of an action step. */
 void wf_attempt_describe(const wf_instance *in, char *buf, size_t n);
+
+/* ---- wf_http.c ---- */
+/* Registers the built-in action http.request. */
+void wf_http_register(wf_host *h);
+/* Ends the requests in flight and frees the client; before wf_engine_shutdown(). */
+void wf_http_close(wf_host *h);
 
 #endif /* WF_ENGINE_H */

@@ -19,7 +19,13 @@
  *   - the step's outcome is not: a step whose result is committed is never invoked again;
  *   - attempt N follows exactly N-1 committed `action_lost` entries: attempt 1 is the first
  *     call, and each call repeated after a crash is announced in the journal first.
- * (`record` never fails, so no retry policy ever re-invokes it.)
+ * (`record` never fails, so no retry policy ever re-invokes it. An attempt in flight at a kill
+ * is lost, and a lost attempt uses an attempt, so `record` allows many: scenario 3 kills the
+ * host again and again while the same steps are in flight.)
+ *
+ * `flaky` fails its first attempt (transient) and succeeds on the next ones; each invocation
+ * appends "<key> <attempt> <wall ms>\n" to "<WF_CRASH_LOG>.flaky", fsync'ed first, so the
+ * test sees when each attempt ran, across kills.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -158,6 +165,25 @@ static void record(wf_call *c, void *ud) {
   uv_timer_start(t, on_delay, delay_ms, 0);
 }
 
+static void flaky(wf_call *c, void *ud) {
+  (void)ud;
+  char path[1024], line[WF_ID_MAX + 96];
+  snprintf(path, sizeof path, "%s.flaky", log_path);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int n = snprintf(line, sizeof line, "%s %d %lld\n", wf_call_key(c), wf_call_attempt(c),
+                   (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, line, (size_t)n) != n || fsync(fd) != 0) {
+    if (fd >= 0) close(fd);
+    wf_call_fail(c, "flaky_log", strerror(errno), WF_PERMANENT);
+    return;
+  }
+  close(fd);
+  if (wf_call_attempt(c) == 1) wf_call_fail(c, "unavailable", "the first attempt always fails", WF_TRANSIENT);
+  else wf_call_ok(c, "{\"ok\":true}");
+}
+
 int wfhost_plugin_init(wf_host *h) {
   log_path = getenv("WF_CRASH_LOG");
   if (!log_path || !*log_path) {
@@ -168,5 +194,9 @@ int wfhost_plugin_init(wf_host *h) {
   if (db_path && !*db_path) db_path = NULL;
   const char *d = getenv("WF_CRASH_DELAY_MS");
   delay_ms = d && *d ? (unsigned)strtoul(d, NULL, 10) : 0;
-  return wf_register_action(h, "record", record, NULL, NULL);
+  wf_action_opts opts;
+  wf_action_opts_init(&opts);
+  opts.retry.max_attempts = 1000;
+  int rc = wf_register_action(h, "record", record, NULL, &opts);
+  return rc == WF_OK ? wf_register_action(h, "flaky", flaky, NULL, NULL) : rc;
 }

@@ -17,7 +17,10 @@
  *      host, a timer that fell due while no host ran fires promptly after the restart, and
  *      one not yet due fires on time;
  *   5. a kill while hundreds of events are being delivered (to instances mostly evicted
- *      from the cache): each event is taken exactly once, by its instance.
+ *      from the cache): each event is taken exactly once, by its instance;
+ *   6. a kill while action steps back off before their next attempt: the persisted retry
+ *      time is kept (not re-drawn) and the attempt runs once, at that time, or promptly
+ *      after the restart if it fell due while no host ran.
  *
  * Every invocation of the `record` action leaves a line "<key> <attempt> <params>" in a log
  * file (fsync'ed by the plugin before the action completes), so the test sees exactly which
@@ -1093,6 +1096,101 @@ out:
   scen_end(&s, summary);
 }
 
+/* ---- 6: a kill during a backoff ------------------------------------------------------- */
+
+/* The `at` of the instance's retry_scheduled entries (their count in *n), or 0. */
+static int64_t retry_at(scen *s, const char *id, int *n, int *attempts) {
+  wf_history_entry *e;
+  size_t ne;
+  int64_t at = 0;
+  *n = *attempts = 0;
+  if (wf_history(s->cl, id, &e, &ne) != WF_OK) return 0;
+  for (size_t i = 0; i < ne; i++) {
+    if (!strcmp(e[i].kind, "retry_scheduled")) {
+      const char *p = e[i].data_json ? strstr(e[i].data_json, "\"at\":") : NULL;
+      if (p) at = strtoll(p + 5, NULL, 10);
+      (*n)++;
+    } else if (!strcmp(e[i].kind, "attempt")) {
+      (*attempts)++;
+    } else if (!strcmp(e[i].kind, "action_lost")) {
+      fail_msg("[%s] %s has an action_lost entry: no attempt was in flight at the kill", s->name, id);
+    }
+  }
+  wf_history_free(e, ne);
+  return at;
+}
+
+static int pred_backing_off(scen *s, void *arg) {
+  (void)arg;
+  int n1, n2, a;
+  return retry_at(s, "b1", &n1, &a) && retry_at(s, "b2", &n2, &a);
+}
+
+/* The wall times of instance id's flaky attempts 1 and 2 (0 if absent); the count of lines. */
+static int flaky_runs(scen *s, const char *id, int64_t when[3]) {
+  char path[160];
+  snprintf(path, sizeof path, "%s.flaky", s->reclog);
+  char *log = read_file(path, 0);
+  int n = 0;
+  when[1] = when[2] = 0;
+  size_t idlen = strlen(id);
+  for (char *line = log; line && *line;) {
+    char *nl = strchr(line, '\n');
+    if (!strncmp(line, id, idlen) && line[idlen] == ':') {
+      int attempt = 0;
+      long long ms = 0;
+      if (sscanf(strchr(line, ' ') ? strchr(line, ' ') : line, " %d %lld", &attempt, &ms) == 2 && attempt >= 1 &&
+          attempt <= 2)
+        when[attempt] = ms;
+      n++;
+    }
+    line = nl ? nl + 1 : NULL;
+  }
+  free(log);
+  return n;
+}
+
+static void scenario_backoff(void) {
+  scen s;
+  scen_begin(&s, "backoff", "6 kill during backoff");
+  char summary[200] = "";
+  if (!host_spawn(&s, 0) || !client_open(&s)) goto out;
+  client_start(&s, "backoff", "{\"delay_ms\":3000}", "b1"); /* still ahead at the restart */
+  client_start(&s, "backoff", "{\"delay_ms\":400}", "b2");  /* falls due while no host runs */
+  if (!wait_until(&s, pred_backing_off, NULL, DEADLINE_MS, "b1 and b2 backing off")) goto out;
+  host_kill(&s);
+  int n1, n2, a1, a2;
+  int64_t at1 = retry_at(&s, "b1", &n1, &a1), at2 = retry_at(&s, "b2", &n2, &a2);
+  while (wall_ms() < at2 + 300) sleep_ms(10);
+  CHECK(wall_ms() < at1 - 300);
+  if (!host_spawn(&s, 0)) goto out;
+  int64_t restart = s.spawned_wall;
+  status_arg b1done = {"b1", "completed"}, b2done = {"b2", "completed"};
+  int ok1 = wait_until(&s, pred_status, &b1done, DEADLINE_MS, "b1 completed");
+  int ok2 = wait_until(&s, pred_status, &b2done, DEADLINE_MS, "b2 completed");
+  if (!ok1 || !ok2) goto out;
+  /* The retry time was persisted once and kept: one retry_scheduled, one attempt entry. */
+  int64_t at1b = retry_at(&s, "b1", &n1, &a1), at2b = retry_at(&s, "b2", &n2, &a2);
+  CHECK(n1 == 1 && a1 == 1 && at1b == at1);
+  CHECK(n2 == 1 && a2 == 1 && at2b == at2);
+  /* Each attempt ran once: b1's second at its time (not before), b2's promptly. */
+  int64_t w1[3], w2[3];
+  CHECK(flaky_runs(&s, "b1", w1) == 2 && w1[1] && w1[2]);
+  CHECK(flaky_runs(&s, "b2", w2) == 2 && w2[1] && w2[2]);
+  int64_t late1 = w1[2] - at1, late2 = w2[2] - restart;
+  CHECK(late1 >= 0 && late1 < 2000);
+  CHECK(late2 >= 0 && late2 < 2000);
+  if (late1 < 0 || late1 >= 2000 || late2 < 0 || late2 >= 2000)
+    fail_msg("[%s] b1's attempt 2 ran %" PRId64 " ms after its persisted time; b2's %" PRId64
+             " ms after the restart", s.name, late1, late2);
+  check_output(&s, "b1", "\"ok\":true");
+  snprintf(summary, sizeof summary, ": attempt 2 ran %" PRId64 " ms after its persisted time; the overdue one %" PRId64
+           " ms after the restart", late1, late2);
+  host_stop(&s);
+out:
+  scen_end(&s, summary);
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s WFHOST_BINARY CRASH_PLUGIN.so WORKFLOWS_DIR\n", argv[0]);
@@ -1114,5 +1212,6 @@ int main(int argc, char **argv) {
   scenario_busy(seed);
   scenario_down();
   scenario_deliver(seed);
+  scenario_backoff();
   TEST_MAIN_END();
 }

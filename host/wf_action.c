@@ -274,7 +274,7 @@ static void work_done(uv_work_t *w, int status) {
 
 void wf_action_dispatch(wf_host *h, wf_instance *in) {
   in->pend.dispatch = 0;
-  wf_action *a = wf_action_find(h, in->pend.name);
+  wf_action *a = in->pend.action;
   wf_call *c = calloc(1, sizeof *c);
   if (!c) abort();
   int64_t now = wf_now(h);

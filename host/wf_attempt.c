@@ -94,6 +94,7 @@ static void setup(wf_host *h, wf_instance *in, int64_t seq, const char *name, ch
   in->pend.key = o->key;
   o->nonretry = o->key = NULL;
   wf_action *a = wf_action_find(h, name);
+  in->pend.action = a;
   in->pend.flags = a ? a->opts.flags : 0;
   if (a && a->opts.breaker.enabled && a->opts.breaker.key_param)
     in->pend.brk_key = wf_json_get(h, params, a->opts.breaker.key_param);
@@ -106,8 +107,10 @@ static int made(const wf_instance *in) { return in->pend.attempt - in->pend.roun
 /* (While backing off, or after a rejection, pend.attempt is the next attempt: one fewer was made.) */
 
 static wf_breaker *breaker_of(wf_host *h, wf_instance *in, wf_breaker_policy *bp) {
-  wf_action_policy_of(h, in->pend.name, NULL, bp);
-  return bp->enabled ? wf_breaker_get(h, in->pend.name, in->pend.brk_key, bp) : NULL;
+  const wf_action *a = in->pend.action;
+  if (!a || !a->opts.breaker.enabled) return NULL;
+  *bp = a->opts.breaker;
+  return wf_breaker_get(h, in->pend.name, in->pend.brk_key, bp);
 }
 
 static void count(wf_host *h, wf_instance *in, wf_outcome cls, int64_t now) {

@@ -136,6 +136,7 @@ struct wf_instance {
     char *key;        /* the workflow's idempotency key, or NULL for "<id>:<seq>" */
     char *brk_key;    /* the breaker key taken from the params, or NULL */
     unsigned flags;   /* WF_ACTION_* of the action */
+    struct wf_action *action; /* the registration that serves it (kept until the host closes) */
     char *last_type;  /* the last failure, the cause when attempts run out */
     char *last_msg;
     char *last_fail;  /* ... as journaled (JSON) */

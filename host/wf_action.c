@@ -322,14 +322,20 @@ void wf_action_dispatch(wf_host *h, wf_instance *in) {
   a->fn(c, a->ud);
 }
 
+/* The host stops waiting for the call. The action may complete it from the callback (which
+ * frees it): nothing here touches c after the callback. */
 void wf_action_abandon(wf_host *h, wf_call *c) {
   c->seq = -1; /* its completion will be dropped */
-  if (c->host) dl_remove(h, c);
-  if (c->abandon) {
-    wf_abandon_fn fn = c->abandon;
-    c->abandon = NULL;
-    fn(c, c->abandon_ud);
+  if (c->host) {
+    dl_remove(h, c);
+    if (!c->held) { /* a drain no longer waits for it */
+      c->held = 1;
+      h->calls_waited--;
+    }
   }
+  wf_abandon_fn fn = c->abandon;
+  c->abandon = NULL;
+  if (fn) fn(c, c->abandon_ud);
 }
 
 void wf_call_on_abandon(wf_call *c, wf_abandon_fn fn, void *ud) {
@@ -355,8 +361,8 @@ wf_host *wf_call_host(const wf_call *c) { return c->host; }
 void wf_action_detach_all(wf_host *h) {
   for (wf_call *c = h->calls, *next; c; c = next) {
     next = c->next;
+    c->host = NULL; /* first: a completion from the callback then only frees the call */
     if (!c->on_worker) wf_action_abandon(h, c);
-    c->host = NULL;
   }
   h->calls = NULL;
   h->calls_waited = 0;

@@ -334,10 +334,6 @@ int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_
     snprintf(data, sizeof data, "{\"attempt\":%d}", started);
     wf_attempt_journal(h, in, seq, "action_lost", cmd->name, data);
     count(h, in, WF_OUTCOME_LOST, now);
-    if (in->operator_retry && (in->pend.flags & WF_ACTION_AT_MOST_ONCE)) {
-      in->pend.attempt = started + 1;
-      return start(h, in, now, 1);
-    }
     return failed(h, in, now, WF_OUTCOME_LOST, "lost", "the attempt was in flight when the host stopped", -1);
   }
   if (waiting) {

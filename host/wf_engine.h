@@ -164,8 +164,6 @@ struct wf_instance {
   unsigned cancel_requested : 1; /* cancellation not yet delivered to the coroutine */
   unsigned cancel_delivered : 1;
   unsigned retry_requested : 1;
-  unsigned operator_retry : 1;   /* this build follows `wfhost retry`: an unknown outcome may
-                                    be tried again */
   unsigned touched : 1;          /* written in the open batch (to undo if the commit fails) */
   unsigned in_ready : 1;
   unsigned in_lru : 1;

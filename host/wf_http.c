@@ -74,8 +74,6 @@ struct http_mod {
   uv_timer_t timer;  /* curl's timeout */
   http_req *reqs;    /* in flight */
   http_sock *socks;  /* watched */
-  wf_call **orphans; /* at close: calls to complete once the host has let go of them */
-  size_t norphans;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -563,31 +561,27 @@ void wf_http_register(wf_host *h) {
 
 /* ---- closing ------------------------------------------------------------------------- */
 
-/* The last handle is closed: the calls still out are completed. wf_host_close() runs this
- * after its wf_engine_shutdown() has let go of them (wf_action_detach_all), so their
- * outcomes are dropped. */
-static void timer_closed(uv_handle_t *hd) {
-  http_mod *m = hd->data;
-  for (size_t i = 0; i < m->norphans; i++)
-    wf_call_fail(m->orphans[i], "abandoned", "the host closed while the request was in flight", WF_TRANSIENT);
-  free(m->orphans);
-  free(m);
-}
+static void timer_closed(uv_handle_t *hd) { free(hd->data); }
 
+/* Called by wf_host_close() before the engine shuts down. The requests in flight are dropped
+ * and their calls completed here, while the host still knows them: the engine, as it shuts
+ * down, only lets go of its calls and then reads each instance's pointer to its call again,
+ * so a call completed on the loop after that would be freed under it. Each step is released
+ * from its call first (as a cancellation does), so the outcome is ignored and nothing is
+ * journaled: the store still has the attempt in flight, and the next host finds it lost
+ * and tries again, as after a crash. */
 void wf_http_close(wf_host *h) {
   http_mod *m = h->http;
   if (!m) return;
   h->http = NULL;
-  size_t n = 0;
-  for (http_req *r = m->reqs; r; r = r->next) n++;
-  m->orphans = n ? wf_xmalloc(n * sizeof *m->orphans) : NULL;
   while (m->reqs) {
     http_req *r = m->reqs;
-    /* Not abandoned through the hook: the host would free the call under its own feet
-     * (wf_action_detach_all touches a call after abandoning it). */
-    wf_call_on_abandon(r->call, NULL, NULL);
-    m->orphans[m->norphans++] = r->call;
+    wf_call *c = r->call;
     req_free(r);
+    wf_instance *in = wf_engine_find(h, wf_call_instance(c));
+    if (in && in->pend.call == c) in->pend.call = NULL;
+    wf_call_on_abandon(c, NULL, NULL);
+    wf_call_fail(c, "abandoned", "the host closed while the request was in flight", WF_TRANSIENT);
   }
   curl_multi_cleanup(m->multi);
   while (m->socks) sock_close(m, m->socks);

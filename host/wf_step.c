@@ -673,7 +673,6 @@ static void build(wf_host *h, wf_instance *in) {
                  wf_strdup(in->status == WF_ST_SUSPENDED ? "cancelled while suspended" : "cancelled before it started"));
     return;
   }
-  in->operator_retry = in->retry_requested;
   in->retry_requested = 0;
   int version = in->is_new && in->version == 0 ? 0 : in->version;
   if (!wf_lua_push_def(h, in->workflow, &version)) {
@@ -725,7 +724,6 @@ static void build(wf_host *h, wf_instance *in) {
   }
   in->status = WF_ST_RUNNING;
   run(h, in, 3);
-  in->operator_retry = 0;
   if (in->co && !in->replaying) wf_step_free_replay(in);
 }
 

@@ -117,6 +117,18 @@ describe("workflow.testing #unit", function()
       assert.spy(env.actions.notify).was_not.called() -- the plugin's notify ran instead
     end)
 
+    it("replace a built-in action the spec names", function()
+      local dir = os.tmpname() .. ".d"
+      write(dir, "e.lua", [[return workflow.define { name = "e", run = function(ctx) return ctx.actions.echo { v = 1 } end }]])
+      env = wt.env { workflows = dir }
+      assert.are.same({ v = 1 }, env:start("e"):output()) -- the host's echo
+      env:close()
+      env = wt.env { workflows = dir, actions = { echo = function() return { mocked = true } end } }
+      assert.are.same({ mocked = true }, env:start("e"):output())
+      assert.spy(env.actions.echo).was.called(1)
+      os.execute("rm -rf " .. dir)
+    end)
+
     it("refuse an invalid policy with the host's message", function()
       local ok, err = pcall(wt.env, { workflows = FIXTURES,
         actions = { charge = { policy = { retry = { multiplier = 0.5 } } } } })

@@ -213,12 +213,14 @@ local function open(env)
   if not h then error("workflow.testing: " .. tostring(err), 3) end
   env.h = h
   for _, plugin in ipairs(env.plugins) do assert(h:load_plugin(plugin)) end
-  -- Every action name without a C action of its own goes to its mock; mocks given a policy
-  -- are registered with it.
+  -- Every action name without a C action of its own goes to its mock. Actions the spec
+  -- names are registered by name, with their policy: they replace a built-in or plugin action
+  -- of the same name (a spec mocks http.request like any other).
   assert(h:register_action("*", function(params, call)
     return env.actions[call.action](params, call)
   end))
-  for name, policy in pairs(env._policies) do
+  for name, policy in pairs(env._given) do
+    if policy == true then policy = nil end
     local ok, err = h:register_action(name, function(params, call) return env.actions[name](params, call) end, policy)
     if not ok then
       h:close()
@@ -241,7 +243,7 @@ function M.env(opts)
   env.t0 = env.clock
   local mocks = {}
   env._mocks = mocks
-  env._policies = {}
+  env._given = {} -- name -> its policy, or true
   env.actions = setmetatable({}, {
     __index = function(_, name)
       local m = mocks[name]
@@ -259,9 +261,9 @@ function M.env(opts)
       if a.policy ~= nil and type(a.policy) ~= "table" then
         error(("action '%s': policy must be a table { retry = ..., breaker = ... }"):format(name), 2)
       end
-      env._policies[name] = a.policy
       fn = a.fn or function() return {} end
     end
+    env._given[name] = type(a) == "table" and a.policy or true
     if type(fn) ~= "function" then error(("action '%s' must be a function or { fn = function, policy = {...} }"):format(name), 2) end
     mocks[name] = new_mock(env, name, fn)
   end

@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 DEPS = gcc make cmake pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
-       libsqlite3-dev lua-busted
+       libsqlite3-dev libcurl4-openssl-dev lua-busted
 
 .PHONY: all deps build build-asan run test clean
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -40,6 +41,7 @@ typedef struct conn {
   char *buf;
   size_t len, cap;
   int tag; /* 'c' for /hang?c */
+  int handled; /* the request was read: what follows is ignored, until the end */
   struct conn *next, *prev;
 } conn;
 
@@ -162,6 +164,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     conn_close(c);
     return;
   }
+  if (c->handled) return;
   c->len += (size_t)nread;
   c->buf[c->len] = '\0';
   char *end = strstr(c->buf, "\r\n\r\n");
@@ -177,7 +180,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     return;
   }
   end[2] = '\0'; /* the head, ending with its last header's CRLF */
-  uv_read_stop(s);
+  c->handled = 1; /* reading on, to see the client close a request never answered */
   handle(c, method, target, c->buf, body, blen);
 }
 

@@ -123,7 +123,7 @@ static void count(wf_host *h, wf_instance *in, wf_outcome cls, int64_t now) {
 
 /* Resumes the workflow with the step's outcome: journaled, then pushed. */
 static int deliver_outcome(wf_host *h, wf_instance *in, int ok, char *json) {
-  wf_engine_history(h, in, in->pend.seq, ok ? "action_result" : "action_error", in->pend.name, json);
+  wf_attempt_journal(h, in, in->pend.seq, ok ? "action_result" : "action_error", in->pend.name, json);
   lua_pushstring(in->co, ok ? "json" : "error");
   lua_pushstring(in->co, json);
   free(json);

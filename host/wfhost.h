@@ -246,8 +246,13 @@ void wf_call_fail_after(wf_call *c, const char *type, const char *message, int64
  *   exhausted        no attempt left, or past the total timeout (data: attempts, type, message)
  *   action_lost      an attempt was in flight when the previous host stopped
  *   outcome_unknown  the same for an at-most-once action: the instance is suspended
- *   breaker          a circuit breaker changed state (data: key, from, to, failure_ratio, calls)
- * instance is the step's instance (for a breaker change, the one whose call changed it). */
+ *   breaker          a circuit breaker changed state (data: key, from, to, calls, failures,
+ *                    open_until)
+ *   action_result    the step succeeded (data: the result)
+ *   action_error     the step failed: the error the workflow receives (data: code, type,
+ *                    message, attempts, retryable, cause)
+ * instance is the step's instance (for a breaker change, the one whose call changed it, or NULL
+ * for an operator's isolate or close). */
 typedef struct wf_action_event {
   const char *kind;
   const char *instance;

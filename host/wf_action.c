@@ -180,9 +180,11 @@ static wf_host *call_unlink(wf_call *c) {
   return h;
 }
 
+/* The engine hears of every completion while the host is open, also of an abandoned call
+ * (it drops the outcome then, and forgets the call). */
 static void call_finish(wf_call *c, wf_outcome_rec *o) {
   wf_host *h = call_unlink(c);
-  if (h && c->seq >= 0) wf_engine_call_done(h, c, o);
+  if (h) wf_engine_call_done(h, c, o);
   else wf_outcome_free(o);
   call_free(c);
 }
@@ -361,6 +363,8 @@ wf_host *wf_call_host(const wf_call *c) { return c->host; }
 void wf_action_detach_all(wf_host *h) {
   for (wf_call *c = h->calls, *next; c; c = next) {
     next = c->next;
+    wf_instance *in = wf_engine_find(h, c->instance_id);
+    if (in && in->pend.call == c) in->pend.call = NULL;
     c->host = NULL; /* first: a completion from the callback then only frees the call */
     if (!c->on_worker) wf_action_abandon(h, c);
   }

@@ -98,15 +98,17 @@ static wf_breaker *create(wf_host *h, const char *action, const char *key, uint6
   return b;
 }
 
-/* Keyed breakers of one action past max_keys: the least recently used closed one goes. A
- * breaker that is open, probing or isolated is kept: dropping it would let calls through. */
-static void evict_keys(wf_host *h, const char *action, int max_keys) {
+/* Keyed breakers of one action past max_keys: the least recently used closed one goes (never
+ * keep, the one just made for a call). A breaker that is open, probing or isolated is kept:
+ * dropping it would let calls through, so the bound may be passed while many are open. */
+static void evict_keys(wf_host *h, const char *action, int max_keys, const wf_breaker *keep) {
   int n = 0;
   for (wf_breaker *b = h->brk_lru_head; b; b = b->lru_next)
     if (*b->key && !strcmp(b->action, action)) n++;
   for (wf_breaker *b = h->brk_lru_head, *next; b && n > max_keys; b = next) {
     next = b->lru_next;
-    if (!*b->key || strcmp(b->action, action) || b->state != WF_BRK_CLOSED || b->probes || b->dirty) continue;
+    if (b == keep || !*b->key || strcmp(b->action, action) || b->state != WF_BRK_CLOSED || b->probes || b->dirty)
+      continue;
     lru_unlink(h, b);
     table_remove(h, b);
     breaker_free(b);
@@ -126,9 +128,7 @@ wf_breaker *wf_breaker_get(wf_host *h, const char *action, const char *key, cons
     return b;
   }
   b = create(h, action, key, hash);
-  if (*key && p) {
-    evict_keys(h, action, p->max_keys);
-  }
+  if (*key && p) evict_keys(h, action, p->max_keys, b);
   return b;
 }
 

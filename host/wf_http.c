@@ -13,7 +13,8 @@
  *   other 4xx          permanent "http_<status>": asking again gets the same answer
  *   no answer          transient: http_connect, http_dns, http_tls, http_timeout, http_io,
  *                      http_error
- *   body too large     permanent http_too_large (over the host's max_payload)
+ *   body too large     permanent http_too_large: over the host's max_payload (the result, with
+ *                      its headers and JSON escapes, must fit in it too: result_too_large)
  *   bad params         permanent bad_params
  * The request's timeout is the shorter of params.timeout and what is left of the attempt
  * (wf_call_deadline), so curl gives up when the host stops waiting anyway.
@@ -22,9 +23,9 @@
  * (CURLMOPT_SOCKETFUNCTION: a uv_poll_t each) and when to call it back
  * (CURLMOPT_TIMERFUNCTION: one uv_timer_t); their callbacks hand the events to
  * curl_multi_socket_action, then finished transfers are collected with curl_multi_info_read.
- * A call is completed only there (or at once for bad params, or when abandoned), never from
- * inside one of curl's callbacks, and exactly once: the request leaves the multi handle and
- * is freed before its call is completed.
+ * A call is completed only there (or at once for bad params, when abandoned, or at close),
+ * never from inside one of curl's callbacks, and exactly once: the request leaves the multi
+ * handle and is freed before its call is completed.
  *
  * The multi handle (with its connection cache, so a workflow calling the same service
  * reuses connections) is made at the first request and goes at wf_http_close().
@@ -578,9 +579,9 @@ void wf_http_close(wf_host *h) {
     http_req *r = m->reqs;
     wf_call *c = r->call;
     req_free(r);
-    wf_instance *in = wf_engine_find(h, wf_call_instance(c));
-    if (in && in->pend.call == c) in->pend.call = NULL;
+    /* Its outcome is dropped: the next host sees the attempt as lost and retries it. */
     wf_call_on_abandon(c, NULL, NULL);
+    wf_action_abandon(h, c);
     wf_call_fail(c, "abandoned", "the host closed while the request was in flight", WF_TRANSIENT);
   }
   curl_multi_cleanup(m->multi);

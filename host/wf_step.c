@@ -434,7 +434,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
   lua_pop(co, nres);
   int64_t seq = ++in->seq;
   int n = -1;
-  char buf[300];
+  char buf[600];
 
   if (!is_command(kind)) {
     n = raise_in(co, "wfhost: unknown command");
@@ -491,9 +491,14 @@ static int command(wf_host *h, wf_instance *in, int nres) {
   /* Live. */
   int64_t now = wf_now(h);
   if (!strcmp(kind, "action")) {
-    if (!wf_action_find(h, name)) {
-      wf_step_suspend(h, in, "action '%s' is not registered on this host: register it (or load its plugin), "
-              "then run `wfhost retry %s`", name, in->id);
+    if (!is_action) {
+      not_registered(h, in, name);
+      goto done;
+    }
+    if (is_action < 0) { /* the workflow's per-call options make no valid policy */
+      snprintf(buf, sizeof buf, "ctx.actions.%.80s(params, opts): %.200s", name, operr);
+      n = raise_in(co, buf);
+      in->seq--;
       goto done;
     }
     if (arglen > h->cfg.max_payload) {

@@ -239,7 +239,7 @@ void wf_call_fail_after(wf_call *c, const char *type, const char *message, int64
 /* ---- Observing actions ------------------------------------------------------------------ */
 
 /* What happens to action steps, as it is journaled in the instance's history:
- *   attempt          an attempt starts (data: {"attempt":n,"deadline":ms})
+ *   attempt          an attempt starts (data: {"attempt":n})
  *   attempt_failed   an attempt ended in a failure (data: attempt, class, type, message)
  *   retry_scheduled  the next attempt is due at a time (data: attempt, at, delay_ms, reason)
  *   rejected         the circuit is open: the attempt did not start (data: attempt, open_until)

@@ -5,8 +5,8 @@
  * action, on its worker thread), and the outcome goes back to the engine, which decides with
  * the step's policy what follows (wf_attempt.c). Actions never write to the store.
  *
- * Built-in actions: `echo` (returns its params) and `log` (writes params.message to the
- * host's log).
+ * Built-in actions: `echo` (returns its params), `log` (writes params.message to the host's
+ * log) and `http.request` (wf_http.c).
  */
 #include <inttypes.h>
 #include <stdio.h>

@@ -8,6 +8,7 @@
  *   wf_attempt.c an action step's attempts: retries, timeouts, the breaker's verdicts
  *   wf_policy.c  action policies: defaults, checks, backoff arithmetic
  *   wf_breaker.c circuit breakers
+ *   wf_http.c    the built-in action http.request (libcurl on the host's loop)
  *   wf_api.c     the public functions of wfhost.h
  * Nothing here is visible to users of the library.
  */

@@ -46,17 +46,7 @@ static void log_fn(void *ud, wf_log_level lvl, const char *inst, const char *msg
     fprintf(stderr, "log %d [%s] %s %s\n", (int)lvl, inst ? inst : "-", msg, fields ? fields : "");
 }
 
-static void write_file(const char *name, const char *src) {
-  char path[256];
-  snprintf(path, sizeof path, "%s/%s", wfdir, name);
-  FILE *f = fopen(path, "w");
-  if (!f) {
-    perror(path);
-    exit(2);
-  }
-  fputs(src, f);
-  fclose(f);
-}
+static void write_file(const char *name, const char *src) { test_write_file(wfdir, name, src); }
 
 static wf_host *open_mode(const char *name, uint64_t seed, wf_mode mode) {
   char db[256];
@@ -966,8 +956,7 @@ static void test_keyed_breaker(void) {
 }
 
 /* Every other key's breaker is open (not droppable) when a new key comes: the new key's
- * breaker, the one in use, must not be the one dropped. The scenario runs in a child process:
- * the bug it shows is a use-after-free, which crashes (or stops AddressSanitizer) there. */
+ * breaker, the one in use, must not be the one dropped. */
 static void keyed_new_key_scenario(void) {
   now_ms = T0;
   wf_host *h = open_host("keyed_full", 1);

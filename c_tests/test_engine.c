@@ -21,13 +21,7 @@ static int64_t clock_fn(void *ud) {
   return fake_now;
 }
 
-static void write_file(const char *name, const char *src) {
-  char path[256];
-  snprintf(path, sizeof path, "%s/%s", wfdir, name);
-  FILE *f = fopen(path, "w");
-  fputs(src, f);
-  fclose(f);
-}
+static void write_file(const char *name, const char *src) { test_write_file(wfdir, name, src); }
 
 static int before_wait_logged, replay_count;
 static const char *replay_watch; /* count only this instance's rebuilds, if set */

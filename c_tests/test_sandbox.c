@@ -108,17 +108,6 @@ static const char *make_dir(const char *name) {
   return p;
 }
 
-static void write_file(const char *dir, const char *name, const char *src) {
-  char path[300];
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "w");
-  if (!f) {
-    perror(path);
-    exit(2);
-  }
-  fputs(src, f);
-  fclose(f);
-}
 
 /* Opens a host on <root>/<dbname> with the virtual clock and the capturing log, and loads
  * wfdir (if not NULL). cfg_in may set limits; the rest is filled in here. */
@@ -274,10 +263,10 @@ static void test_denied(void) {
              "  return 'unreachable'\n"
              "end }\n",
              deny_cases[i].name, deny_cases[i].code);
-    write_file(wfdir, file, src);
+    test_write_file(wfdir, file, src);
   }
   /* What stays available, and what the sandbox hides, seen from inside. */
-  write_file(wfdir, "sb_allowed.lua",
+  test_write_file(wfdir, "sb_allowed.lua",
              "return workflow.define { name = 'sb_allowed', run = function(ctx)\n"
              "  return {\n"
              "    getmetatable('') == nil,         -- the host's string table is not exposed\n"
@@ -287,7 +276,7 @@ static void test_denied(void) {
              "    select('#', table.unpack({1, 2, 3})), utf8.char(72, 105),\n"
              "  }\n"
              "end }\n");
-  write_file(wfdir, "sb_method_dump.lua",
+  test_write_file(wfdir, "sb_method_dump.lua",
              "return workflow.define { name = 'sb_method_dump', run = function(ctx)\n"
              "  return ('').dump == nil\n"
              "end }\n");
@@ -329,7 +318,7 @@ static void test_denied(void) {
 
 static void test_pairs_order(void) {
   const char *wfdir = make_dir("pairs");
-  write_file(wfdir, "order.lua",
+  test_write_file(wfdir, "order.lua",
              "return workflow.define { name = 'order', run = function(ctx)\n"
              "  local t = { b = 1, a = 2, c = 3, [1] = 'x', [2] = 'y', [10] = 'z', zz = 4,\n"
              "              [-1] = 'n', [2.5] = 'f', B = 5, [true] = 't' }\n"
@@ -354,11 +343,11 @@ static void test_pairs_order(void) {
 
 static void test_instruction_budget(void) {
   const char *wfdir = make_dir("budget");
-  write_file(wfdir, "spin.lua",
+  test_write_file(wfdir, "spin.lua",
              "return workflow.define { name = 'spin', run = function(ctx)\n"
              "  while true do end\n"
              "end }\n");
-  write_file(wfdir, "spin_pcall.lua",
+  test_write_file(wfdir, "spin_pcall.lua",
              "return workflow.define { name = 'spin_pcall', run = function(ctx)\n"
              "  local caught = 0\n"
              "  while true do\n"
@@ -366,20 +355,20 @@ static void test_instruction_budget(void) {
              "    caught = caught + 1\n"
              "  end\n"
              "end }\n");
-  write_file(wfdir, "spin_xpcall.lua",
+  test_write_file(wfdir, "spin_xpcall.lua",
              "return workflow.define { name = 'spin_xpcall', run = function(ctx)\n"
              "  while true do\n"
              "    xpcall(function() while true do end end, function(m) return m end)\n"
              "  end\n"
              "end }\n");
-  write_file(wfdir, "spin_later.lua",
+  test_write_file(wfdir, "spin_later.lua",
              "return workflow.define { name = 'spin_later', run = function(ctx)\n"
              "  ctx.actions.echo { }\n"
              "  while true do end\n"
              "end }\n");
   /* About 600,000 instructions per step, three steps: more than the budget in total, but
    * the budget is per step, so this completes. */
-  write_file(wfdir, "steps.lua",
+  test_write_file(wfdir, "steps.lua",
              "return workflow.define { name = 'steps', run = function(ctx)\n"
              "  local s = 0\n"
              "  for step = 1, 3 do\n"
@@ -391,7 +380,7 @@ static void test_instruction_budget(void) {
   /* The same with ctx:now() between the loops: commands that answer at once do not end the
    * step, so the budget counts all three loops (else `while true do ctx:random() end` would
    * never be stopped, and would grow the open transaction without end). */
-  write_file(wfdir, "steps_now.lua",
+  test_write_file(wfdir, "steps_now.lua",
              "return workflow.define { name = 'steps_now', run = function(ctx)\n"
              "  local s = 0\n"
              "  for step = 1, 3 do\n"
@@ -400,13 +389,13 @@ static void test_instruction_budget(void) {
              "  end\n"
              "  return s\n"
              "end }\n");
-  write_file(wfdir, "spin_random.lua",
+  test_write_file(wfdir, "spin_random.lua",
              "return workflow.define { name = 'spin_random', run = function(ctx)\n"
              "  while true do ctx:random() end\n"
              "end }\n");
   /* Three steps of work, then a wait: rebuilt by replay after a restart, it must not be
    * killed for the work of all its past steps added together. */
-  write_file(wfdir, "steps_wait.lua",
+  test_write_file(wfdir, "steps_wait.lua",
              "return workflow.define { name = 'steps_wait', run = function(ctx)\n"
              "  local s = 0\n"
              "  for step = 1, 3 do\n"
@@ -416,7 +405,7 @@ static void test_instruction_budget(void) {
              "  ctx:wait_for('go')\n"
              "  return s\n"
              "end }\n");
-  write_file(wfdir, "ok.lua",
+  test_write_file(wfdir, "ok.lua",
              "return workflow.define { name = 'ok', run = function(ctx, input)\n"
              "  return { fine = input }\n"
              "end }\n");
@@ -472,7 +461,7 @@ static void test_instruction_budget(void) {
 
   /* A runaway at the top level of a workflow file is stopped at load time. */
   const char *loaddir = make_dir("budget_load");
-  write_file(loaddir, "loops.lua",
+  test_write_file(loaddir, "loops.lua",
              "local n = 0\n"
              "while true do n = n + 1 end\n"
              "return workflow.define { name = 'loops', run = function(ctx) end }\n");
@@ -490,12 +479,12 @@ static void test_instruction_budget(void) {
 
 static void test_memory_limit(void) {
   const char *wfdir = make_dir("memory");
-  write_file(wfdir, "hog.lua",
+  test_write_file(wfdir, "hog.lua",
              "return workflow.define { name = 'hog', run = function(ctx)\n"
              "  local t = {}\n"
              "  for i = 1, 1e9 do t[i] = ('x'):rep(100) .. i end\n"
              "end }\n");
-  write_file(wfdir, "hog_pcall.lua",
+  test_write_file(wfdir, "hog_pcall.lua",
              "return workflow.define { name = 'hog_pcall', run = function(ctx)\n"
              "  local ok, err = pcall(function()\n"
              "    local t = {}\n"
@@ -503,13 +492,13 @@ static void test_memory_limit(void) {
              "  end)\n"
              "  return { swallowed = tostring(err) }\n"
              "end }\n");
-  write_file(wfdir, "hog_str.lua",
+  test_write_file(wfdir, "hog_str.lua",
              "return workflow.define { name = 'hog_str', run = function(ctx)\n"
              "  local s = ('x'):rep(1 << 30)\n"
              "  return #s\n"
              "end }\n");
   /* Allocates a few megabytes: fine under the limit, whatever ran before. */
-  write_file(wfdir, "modest.lua",
+  test_write_file(wfdir, "modest.lua",
              "return workflow.define { name = 'modest', run = function(ctx, input)\n"
              "  local t = {}\n"
              "  for i = 1, 20000 do t[i] = ('y'):rep(100) .. i end\n"
@@ -569,9 +558,9 @@ static int line_with(const char *text, const char *a, const char *b) {
 static void test_load_errors(void) {
   /* A syntax error: nothing from the directory is loaded. */
   const char *d1 = make_dir("syntax");
-  write_file(d1, "good.lua",
+  test_write_file(d1, "good.lua",
              "return workflow.define { name = 'good', run = function(ctx) return 1 end }\n");
-  write_file(d1, "bad.lua",
+  test_write_file(d1, "bad.lua",
              "return workflow.define { name = 'bad', run = function(ctx)\n"
              "  local x = 1\n"
              "  if x then return end end\n" /* one `end` too many: closes the function early */
@@ -585,19 +574,19 @@ static void test_load_errors(void) {
 
   /* A file that does not return a definition. */
   const char *d2 = make_dir("nodef");
-  write_file(d2, "nodef.lua", "local x = 1\nreturn x + 41\n");
+  test_write_file(d2, "nodef.lua", "local x = 1\nreturn x + 41\n");
   CHECK(wf_load_dir(h, d2) == WF_LUA);
   CHECK(contains(wf_errmsg(h), "/nodef/nodef.lua: does not return a workflow definition"));
 
   /* Several problems: each on its own line, naming its file (and line where there is one). */
   const char *d3 = make_dir("several");
-  write_file(d3, "a_syntax.lua", "return workflow.define { name = 'a' run = 1 }\n");
-  write_file(d3, "b_nodef.lua", "return { name = 'b' }\n");
-  write_file(d3, "c_dup1.lua", "return workflow.define { name = 'dup', run = function() end }\n");
-  write_file(d3, "d_dup2.lua", "\nreturn workflow.define { name = 'dup', run = function() end }\n");
-  write_file(d3, "e_raises.lua", "local t = nil\nlocal y = t.field\nreturn workflow.define { name = 'e', run = print }\n");
-  write_file(d3, "f_badname.lua", "return workflow.define { name = 'has space', run = function() end }\n");
-  write_file(d3, "g_ok.lua", "return workflow.define { name = 'fine', run = function() return 1 end }\n");
+  test_write_file(d3, "a_syntax.lua", "return workflow.define { name = 'a' run = 1 }\n");
+  test_write_file(d3, "b_nodef.lua", "return { name = 'b' }\n");
+  test_write_file(d3, "c_dup1.lua", "return workflow.define { name = 'dup', run = function() end }\n");
+  test_write_file(d3, "d_dup2.lua", "\nreturn workflow.define { name = 'dup', run = function() end }\n");
+  test_write_file(d3, "e_raises.lua", "local t = nil\nlocal y = t.field\nreturn workflow.define { name = 'e', run = print }\n");
+  test_write_file(d3, "f_badname.lua", "return workflow.define { name = 'has space', run = function() end }\n");
+  test_write_file(d3, "g_ok.lua", "return workflow.define { name = 'fine', run = function() return 1 end }\n");
   CHECK(wf_check_dir(h, d3) == WF_LUA);
   const char *m = wf_errmsg(h);
   CHECK(count_lines(m) == 5);
@@ -637,7 +626,7 @@ static void test_load_errors(void) {
 
   /* After all that, a good directory loads and runs. */
   const char *d5 = make_dir("fixed");
-  write_file(d5, "good.lua",
+  test_write_file(d5, "good.lua",
              "return workflow.define { name = 'good', run = function(ctx) return 1 end }\n");
   CHECK(wf_check_dir(h, d5) == WF_OK);
   CHECK(wf_load_dir(h, d5) == WF_OK);
@@ -651,7 +640,7 @@ static void test_load_errors(void) {
 
 static void test_runtime_error(void) {
   const char *wfdir = make_dir("workflows");
-  write_file(wfdir, "x.lua",
+  test_write_file(wfdir, "x.lua",
              "local function lookup(t)\n"
              "  return t.field\n"
              "end\n"
@@ -688,21 +677,21 @@ static void test_runtime_error(void) {
 
 static void test_require(void) {
   const char *wfdir = make_dir("req");
-  write_file(wfdir, "lib/helper.lua",
+  test_write_file(wfdir, "lib/helper.lua",
              "print('helper loaded')\n"
              "local M = {}\n"
              "function M.double(x) return 2 * x end\n"
              "return M\n");
-  write_file(wfdir, "lib/usesos.lua",
+  test_write_file(wfdir, "lib/usesos.lua",
              "local M = {}\n"
              "M.started = os.time()\n"
              "return M\n");
-  write_file(wfdir, "lib/global.lua", "shared = 1\nreturn {}\n");
-  write_file(wfdir, "lib/loop.lua", "return require 'lib.loop'\n");
-  write_file(wfdir, "lib/ping.lua", "return require 'lib.pong'\n");
-  write_file(wfdir, "lib/pong.lua", "return require 'lib.ping'\n");
-  write_file(wfdir, "lib/nothing.lua", "local x = 1\n");
-  write_file(wfdir, "req_ok.lua",
+  test_write_file(wfdir, "lib/global.lua", "shared = 1\nreturn {}\n");
+  test_write_file(wfdir, "lib/loop.lua", "return require 'lib.loop'\n");
+  test_write_file(wfdir, "lib/ping.lua", "return require 'lib.pong'\n");
+  test_write_file(wfdir, "lib/pong.lua", "return require 'lib.ping'\n");
+  test_write_file(wfdir, "lib/nothing.lua", "local x = 1\n");
+  test_write_file(wfdir, "req_ok.lua",
              "return workflow.define { name = 'req_ok', run = function(ctx)\n"
              "  local h1 = require 'lib.helper'\n"
              "  local h2 = require 'lib.helper'\n"
@@ -734,10 +723,10 @@ static void test_require(void) {
              "  return 'unreachable'\n"
              "end }\n",
              cases[i].name, cases[i].code);
-    write_file(wfdir, file, src);
+    test_write_file(wfdir, file, src);
   }
   /* A failed require is not cached as a success: trying again fails again. */
-  write_file(wfdir, "req_twice.lua",
+  test_write_file(wfdir, "req_twice.lua",
              "return workflow.define { name = 'req_twice', run = function(ctx)\n"
              "  local ok1, e1 = pcall(require, 'lib.usesos')\n"
              "  local ok2, e2 = pcall(require, 'lib.usesos')\n"
@@ -774,16 +763,16 @@ static void test_require(void) {
 
 static void test_durations(void) {
   const char *wfdir = make_dir("durations");
-  write_file(wfdir, "nap.lua",
+  test_write_file(wfdir, "nap.lua",
              "return workflow.define { name = 'nap', run = function(ctx, input)\n"
              "  ctx:sleep(input)\n"
              "  return 'woke'\n"
              "end }\n");
-  write_file(wfdir, "nap_bad.lua",
+  test_write_file(wfdir, "nap_bad.lua",
              "return workflow.define { name = 'nap_bad', run = function(ctx, input)\n"
              "  ctx:sleep(input)\n"
              "end }\n");
-  write_file(wfdir, "wait_bad.lua",
+  test_write_file(wfdir, "wait_bad.lua",
              "return workflow.define { name = 'wait_bad', run = function(ctx, input)\n"
              "  ctx:wait_for('go', { timeout = input })\n"
              "end }\n");
@@ -854,7 +843,7 @@ static void test_durations(void) {
 
 static void test_random(void) {
   const char *wfdir = make_dir("random");
-  write_file(wfdir, "dice.lua",
+  test_write_file(wfdir, "dice.lua",
              "return workflow.define { name = 'dice', run = function(ctx)\n"
              "  local seen = {}\n"
              "  for i = 1, 300 do\n"
@@ -868,17 +857,17 @@ static void test_random(void) {
              "  end\n"
              "  return seen\n"
              "end }\n");
-  write_file(wfdir, "empty.lua",
+  test_write_file(wfdir, "empty.lua",
              "return workflow.define { name = 'empty', run = function(ctx)\n"
              "  local r = ctx:random(6, 1)\n"
              "  return r\n"
              "end }\n");
   /* The same as a tail call: no workflow frame is left, but the message must survive. */
-  write_file(wfdir, "empty_tail.lua",
+  test_write_file(wfdir, "empty_tail.lua",
              "return workflow.define { name = 'empty_tail', run = function(ctx)\n"
              "  return ctx:random(6, 1)\n"
              "end }\n");
-  write_file(wfdir, "fraction.lua",
+  test_write_file(wfdir, "fraction.lua",
              "return workflow.define { name = 'fraction', run = function(ctx)\n"
              "  local r = ctx:random(1.5, 3)\n"
              "  return r\n"
@@ -900,7 +889,7 @@ static void test_random(void) {
 
 static void test_logging(void) {
   const char *wfdir = make_dir("logging");
-  write_file(wfdir, "chatty.lua",
+  test_write_file(wfdir, "chatty.lua",
              "return workflow.define { name = 'chatty', run = function(ctx)\n"
              "  ctx.log:info('order received', { k = 1 })\n"
              "  ctx.log:warn('stock low', { sku = 'A-1', left = { 2, 3 } })\n"
@@ -1037,8 +1026,8 @@ static void hostile_require_at_load(void) {
 
 static void test_shared_state(void) {
   shared_dir = make_dir("shared");
-  write_file(shared_dir, "lib/rates.lua", "return { vat = { rate = 0.25 } }\n");
-  write_file(shared_dir, "meddle2.lua",
+  test_write_file(shared_dir, "lib/rates.lua", "return { vat = { rate = 0.25 } }\n");
+  test_write_file(shared_dir, "meddle2.lua",
              "local rates = require 'lib.rates'\n"
              "return workflow.define { name = 'meddle2', run = function(ctx)\n"
              "  local changed = {}\n"
@@ -1052,18 +1041,18 @@ static void test_shared_state(void) {
              "  try('log', function() ctx.log.info = nil end)\n"
              "  return #changed > 0 and ('changed: ' .. table.concat(changed, ',')) or 'held'\n"
              "end }\n");
-  write_file(shared_dir, "victim2.lua",
+  test_write_file(shared_dir, "victim2.lua",
              "local rates = require 'lib.rates'\n"
              "return workflow.define { name = 'victim2', run = function(ctx)\n"
              "  return { string.upper('a'), math.floor(1.5), #ctx:uuid() == 36, rates.vat.rate, #('abc') }\n"
              "end }\n");
-  write_file(shared_dir, "bad_name.lua",
+  test_write_file(shared_dir, "bad_name.lua",
              "return workflow.define { name = 'bad_name', run = function(ctx)\n"
              "  return ctx.actions['no spaces please'] {}\n"
              "end }\n");
   const char *loop_dir = make_dir("loadloop");
-  write_file(loop_dir, "lib/m.lua", "return {}\n");
-  write_file(loop_dir, "spin_after_require.lua",
+  test_write_file(loop_dir, "lib/m.lua", "return {}\n");
+  test_write_file(loop_dir, "spin_after_require.lua",
              "local m = require 'lib.m'\n"
              "while true do end\n");
   CHECK(in_child("an instance reaching shared tables", hostile_shared_state, 20));
@@ -1072,34 +1061,34 @@ static void test_shared_state(void) {
 
 static void test_hostile(void) {
   hostile_dir = make_dir("hostile");
-  write_file(hostile_dir, "evil_tostring.lua",
+  test_write_file(hostile_dir, "evil_tostring.lua",
              "return workflow.define { name = 'evil_tostring', run = function(ctx)\n"
              "  error(setmetatable({}, { __tostring = function() while true do end end }))\n"
              "end }\n");
-  write_file(hostile_dir, "evil_index.lua",
+  test_write_file(hostile_dir, "evil_index.lua",
              "return workflow.define { name = 'evil_index', run = function(ctx)\n"
              "  error(setmetatable({}, { __index = function() while true do end end }))\n"
              "end }\n");
-  write_file(hostile_dir, "evil_gc.lua",
+  test_write_file(hostile_dir, "evil_gc.lua",
              "return workflow.define { name = 'evil_gc', run = function(ctx)\n"
              "  setmetatable({}, { __gc = function() while true do end end })\n"
              "  return 'planted'\n"
              "end }\n");
-  write_file(hostile_dir, "busy.lua",
+  test_write_file(hostile_dir, "busy.lua",
              "return workflow.define { name = 'busy', run = function(ctx)\n"
              "  local t = {}\n"
              "  for i = 1, 200000 do t[i] = {} end\n"
              "  return #t\n"
              "end }\n");
-  write_file(hostile_dir, "kind.lua",
+  test_write_file(hostile_dir, "kind.lua",
              "return workflow.define { name = 'kind', run = function(ctx) return 'kind' end }\n");
-  write_file(hostile_dir, "meddle.lua",
+  test_write_file(hostile_dir, "meddle.lua",
              "return workflow.define { name = 'meddle', run = function(ctx)\n"
              "  pcall(function() getmetatable(ctx).now = function() return 42 end end)\n"
              "  pcall(function() getmetatable(ctx).__index.now = function() return 42 end end)\n"
              "  return 'tried'\n"
              "end }\n");
-  write_file(hostile_dir, "victim.lua",
+  test_write_file(hostile_dir, "victim.lua",
              "return workflow.define { name = 'victim', run = function(ctx)\n"
              "  return ctx:now()\n"
              "end }\n");

@@ -77,4 +77,15 @@ static inline void test_cleanup_tmpdirs(void) {
     return test_failures ? 1 : 0;                                        \
   } while (0)
 
+/* Writes src to dir/name (a workflow file for a test); exits on failure. */
+static inline void test_write_file(const char *dir, const char *name, const char *src) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  if (!f || fputs(src, f) < 0 || fclose(f) != 0) {
+    perror(path);
+    exit(2);
+  }
+}
+
 #endif /* WF_TEST_UTIL_H */

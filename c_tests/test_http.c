@@ -452,6 +452,18 @@ int main(void) {
   CHECK(history("cancel1", "cancelled", NULL, 0) == 1);
   CHECK(final("cancel1"));
 
+  /* One breaker per origin, whatever the paths: the test server's. */
+  {
+    wf_breaker_info *b;
+    size_t nb, mine = 0;
+    char origin[64];
+    snprintf(origin, sizeof origin, "http://127.0.0.1:%d", port);
+    CHECK(wf_breakers(h, &b, &nb) == WF_OK);
+    for (size_t i = 0; i < nb; i++) mine += !strcmp(b[i].action, "http.request") && !strcmp(b[i].key, origin);
+    CHECK(mine == 1);
+    wf_breakers_free(b, nb);
+  }
+
   /* pending1's request is still out: closing the host drops it (ASan: nothing leaks). */
   CHECK(!final("pending1"));
   server_stop();

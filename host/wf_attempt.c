@@ -96,7 +96,8 @@ static void setup(wf_host *h, wf_instance *in, int64_t seq, const char *name, ch
   wf_action *a = wf_action_find(h, name);
   in->pend.action = a;
   in->pend.flags = a ? a->opts.flags : 0;
-  if (a && a->opts.breaker.enabled && a->opts.breaker.key_param)
+  if (a && a->opts.breaker.enabled && a->breaker_key) in->pend.brk_key = a->breaker_key(h, params);
+  else if (a && a->opts.breaker.enabled && a->opts.breaker.key_param)
     in->pend.brk_key = wf_json_get(h, params, a->opts.breaker.key_param);
 }
 
@@ -185,6 +186,10 @@ static int exhaust(wf_host *h, wf_instance *in, const char *code, int n) {
 static int schedule(wf_host *h, wf_instance *in, int64_t now, int64_t at, const char *reason) {
   if (in->pend.pol.total_timeout_ms && at >= in->pend.first_at + in->pend.pol.total_timeout_ms)
     return exhaust(h, in, "deadline_exceeded", made(in) - 1);
+  if (!strcmp(reason, "circuit_open")) h->stats.retries_circuit_open++;
+  else if (!strcmp(reason, "timeout")) h->stats.retries_timeout++;
+  else if (!strcmp(reason, "lost")) h->stats.retries_lost++;
+  else h->stats.retries_transient++;
   char data[200];
   snprintf(data, sizeof data, "{\"attempt\":%d,\"at\":%" PRId64 ",\"delay_ms\":%" PRId64 ",\"reason\":\"%s\"}",
            in->pend.attempt, at, at - now, reason);
@@ -208,7 +213,6 @@ static int start(wf_host *h, wf_instance *in, int64_t now, int journal) {
     if (!wf_breaker_allow(h, b, &bp, now, now + in->pend.pol.attempt_timeout_ms, &in->pend.probe, &retry_at, in,
                           in->pend.seq)) {
       h->stats.rejections++;
-      h->stats.retries_circuit_open++;
       char data[200];
       snprintf(data, sizeof data, "{\"attempt\":%d,\"state\":\"%s\",\"open_until\":%" PRId64 "}", in->pend.attempt,
                wf_breaker_state_name(b->state), b->open_until);
@@ -250,14 +254,17 @@ static int failed(wf_host *h, wf_instance *in, int64_t now, wf_outcome cls, cons
   in->pend.last_fail = failure_json(in->pend.attempt, cls, type, message);
   wf_attempt_journal(h, in, in->pend.seq, "attempt_failed", in->pend.name, in->pend.last_fail);
   if ((in->pend.flags & WF_ACTION_AT_MOST_ONCE) && (cls == WF_OUTCOME_TIMEOUT || cls == WF_OUTCOME_LOST)) {
+    char key[WF_ID_MAX + 600];
+    if (in->pend.key) snprintf(key, sizeof key, "%.580s", in->pend.key);
+    else snprintf(key, sizeof key, "%s:%" PRId64, in->id, in->pend.seq);
     char d[64];
     snprintf(d, sizeof d, "{\"attempt\":%d}", in->pend.attempt);
     wf_attempt_journal(h, in, in->pend.seq, "outcome_unknown", in->pend.name, d);
     wf_step_suspend(h, in,
-                    "outcome unknown: attempt %d of at-most-once action '%s' (key %s:%" PRId64 ") %s, so it may or "
-                    "may not have taken effect, and it is not invoked again on its own. Check with the service, then "
-                    "run `wfhost retry %s` to invoke it again, or `wfhost cancel %s`",
-                    in->pend.attempt, in->pend.name, in->id, in->pend.seq,
+                    "outcome unknown: attempt %d of at-most-once action '%s' (key %s) %s, so it may or may not have "
+                    "taken effect, and it is not invoked again on its own. Check with the service, then run "
+                    "`wfhost retry %s` to invoke it again, or `wfhost cancel %s`",
+                    in->pend.attempt, in->pend.name, key,
                     cls == WF_OUTCOME_LOST ? "was in flight when the host stopped" : "timed out", in->id, in->id);
     return -1;
   }
@@ -266,9 +273,6 @@ static int failed(wf_host *h, wf_instance *in, int64_t now, wf_outcome cls, cons
   int64_t delay = cls == WF_OUTCOME_LOST ? 0
                   : retry_after >= 0     ? retry_after
                                          : wf_retry_delay(&in->pend.pol, made(in), unit(h));
-  if (cls == WF_OUTCOME_TIMEOUT) h->stats.retries_timeout++;
-  else if (cls == WF_OUTCOME_LOST) h->stats.retries_lost++;
-  else h->stats.retries_transient++;
   in->pend.attempt++;
   return schedule(h, in, now, now + delay, wf_outcome_name(cls));
 }
@@ -295,7 +299,9 @@ static int64_t data_int(const char *data, const char *key) {
 int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *cmd, wf_call_opts *o) {
   int64_t now = wf_now(h);
   setup(h, in, seq, cmd->name, wf_strdup(cmd->data_json), o);
-  int started = 0, inflight = 0, waiting = 0, exhausted = 0, unknown = 0;
+  /* ended: the last round ran out of attempts (exhausted) or stopped at an unknown outcome;
+   * the entry that follows it (attempt, or rejected) is the operator's new round. */
+  int started = 0, inflight = 0, waiting = 0, ended = 0;
   int64_t next_at = 0;
   const char *last_fail = NULL;
   in->pend.first_at = cmd->at;
@@ -304,25 +310,25 @@ int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_
     if (e->seq != seq) continue;
     const char *k = e->kind;
     int n = (int)data_int(e->data_json, "attempt");
+    if (ended && (!strcmp(k, "attempt") || !strcmp(k, "rejected"))) {
+      ended = 0;
+      in->pend.round_base = started;
+      in->pend.first_at = e->at;
+    }
     if (!strcmp(k, "action")) started = 1, inflight = 1;
-    else if (!strcmp(k, "attempt")) started = n, inflight = 1, waiting = exhausted = unknown = 0;
+    else if (!strcmp(k, "attempt")) started = n, inflight = 1, waiting = 0;
     else if (!strcmp(k, "attempt_failed")) inflight = 0, last_fail = e->data_json;
     else if (!strcmp(k, "rejected")) started = n - 1, inflight = 0;
     else if (!strcmp(k, "action_lost")) inflight = 0;
     else if (!strcmp(k, "retry_scheduled")) waiting = 1, in->pend.attempt = n, next_at = data_int(e->data_json, "at");
-    else if (!strcmp(k, "outcome_unknown")) unknown = 1, inflight = 0;
-    else if (!strcmp(k, "exhausted")) {
-      exhausted = 1, inflight = waiting = 0;
-      in->pend.round_base = started;
-      in->pend.first_at = e->at;
-    }
+    else if (!strcmp(k, "outcome_unknown") || !strcmp(k, "exhausted")) ended = 1, inflight = waiting = 0;
   }
   if (last_fail) {
     in->pend.last_type = wf_json_get(h, last_fail, "type");
     in->pend.last_msg = wf_json_get(h, last_fail, "message");
     in->pend.last_fail = wf_strdup(last_fail);
   }
-  if (exhausted || unknown) { /* the operator asked for another try: a new round starts now */
+  if (ended) { /* the operator asked for another try: a new round starts now */
     in->pend.round_base = started;
     in->pend.first_at = now;
     in->pend.attempt = started + 1;

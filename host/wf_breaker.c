@@ -177,12 +177,13 @@ static void transition(wf_host *h, wf_breaker *b, const wf_breaker_policy *p, in
   if (to == WF_BRK_OPEN) {
     b->open_until = now + p->break_duration_ms;
     h->stats.breaker_opened++;
-  } else if (to == WF_BRK_HALF_OPEN) {
-    h->stats.breaker_half_opened++;
-  } else if (to == WF_BRK_CLOSED) {
-    b->open_until = 0;
-    window_clear(b);
-    h->stats.breaker_closed++;
+  } else {
+    b->open_until = 0; /* only an open breaker has a time to stay open until */
+    if (to == WF_BRK_HALF_OPEN) h->stats.breaker_half_opened++;
+    if (to == WF_BRK_CLOSED) {
+      window_clear(b);
+      h->stats.breaker_closed++;
+    }
   }
   mark_dirty(h, b);
   int64_t calls, failures;

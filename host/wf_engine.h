@@ -216,6 +216,9 @@ struct wf_action {
   wf_action_opts opts; /* retry.non_retryable and breaker.key_param point to the copies below */
   char *nonretry;      /* joined (wf_join_types) */
   char *key_param;
+  /* A built-in's own breaker key from the params (malloc'd, or NULL), in place of key_param:
+   * http.request keys its breakers by origin. */
+  char *(*breaker_key)(wf_host *h, const char *params);
 };
 
 /* A circuit breaker (wf_breaker.c). */

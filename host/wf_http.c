@@ -551,13 +551,34 @@ static void action_http(wf_call *c, void *ud) {
   wf_call_on_abandon(c, on_abandon, r);
 }
 
+/* The breaker key of a request: its origin, "scheme://host:port" (lowercased by curl), so that
+ * one failing service opens its own circuit, not every other one's, and the requests to one
+ * service (whatever their paths and queries) count together. */
+static char *origin_of(wf_host *h, const char *params) {
+  char *url = wf_json_get(h, params, "url");
+  if (!url) return NULL;
+  char *key = NULL, *scheme = NULL, *host = NULL, *port = NULL;
+  CURLU *u = curl_url();
+  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+    size_t n = strlen(scheme) + strlen(host) + strlen(port) + 8;
+    key = wf_xmalloc(n);
+    snprintf(key, n, "%s://%s:%s", scheme, host, port);
+    for (char *p = key; *p; p++) *p = (char)tolower((unsigned char)*p);
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  free(url);
+  return key;
+}
+
 void wf_http_register(wf_host *h) {
-  wf_action_opts o;
-  wf_action_opts_init(&o);
-  /* One breaker per URL: a failing endpoint must not open the circuit for every other
-   * service the workflows call. */
-  o.breaker.key_param = "url";
-  wf_register_action(h, "http.request", action_http, NULL, &o);
+  wf_register_action(h, "http.request", action_http, NULL, NULL);
+  wf_action_find(h, "http.request")->breaker_key = origin_of; /* one breaker per origin */
 }
 
 /* ---- closing ------------------------------------------------------------------------- */

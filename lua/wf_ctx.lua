@@ -163,18 +163,18 @@ function M.normalize_call_opts(o)
   return out
 end
 
--- A registration policy: { retry = {...}, breaker = {...}, at_most_once = bool, blocking = bool }.
+-- A registration policy: { retry = {...}, breaker = {...}, at_most_once = bool }.
 function M.normalize_policy(p)
   local out = {}
   for k, v in next, p do
     if k == "retry" then out.retry = norm(v, retry_spec, "retry")
     elseif k == "breaker" then
       if v == false then out.breaker = { enabled = false } else out.breaker = norm(v, breaker_spec, "breaker") end
-    elseif k == "at_most_once" or k == "blocking" then
+    elseif k == "at_most_once" then
       if type(v) ~= "boolean" then error(k .. " must be true or false", 0) end
       out[k] = v
     else
-      error(sformat("unknown policy option %q (known: at_most_once, blocking, breaker, retry)", tostring(k)), 0)
+      error(sformat("unknown policy option %q (known: at_most_once, breaker, retry)", tostring(k)), 0)
     end
   end
   return out

@@ -250,6 +250,22 @@ describe("workflow.testing #unit", function()
       assert.are.equal(3, env.actions.charge:attempt(3))
     end)
 
+    it("counts an operator's new round from the retry, across a restart", function()
+      env = wt.env { workflows = FIXTURES, actions = { charge = { fn = function() return { id = "x" } end,
+        policy = { retry = { max_attempts = 2, total_timeout = "30s", initial_delay = "5s", backoff = "constant",
+          jitter = "none", on_exhausted = "suspend" } } } } }
+      env.actions.charge:fail_next(3, "transient")
+      local run = env:start("pay", { amount = 1 })
+      env:advance("10s") -- attempts at 0s and 5s fail: suspended
+      assert.are.equal("suspended", run:status())
+      env:advance("25s") -- +35s: past the first round's total timeout
+      run:retry()        -- attempt 3 fails at once; attempt 4 is due at +40s, in the new round's 30s
+      env:restart()
+      env:advance("5s")
+      assert.are.equal("completed", run:status())
+      assert.are.equal(4, env.actions.charge:attempt(4))
+    end)
+
     it("opens the breaker, rejects without invoking, and closes after a good probe", function()
       env = wt.env { workflows = FIXTURES, actions = { charge = { fn = function() return { id = "ok" } end, policy = {
         retry = { max_attempts = 1 }, breaker = { min_throughput = 4, failure_ratio = 0.5, break_duration = "5s" } } } } }

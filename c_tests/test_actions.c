@@ -91,14 +91,7 @@ static void advance(wf_host *h, int64_t ms) { advance_to(h, now_ms + ms); }
 
 /* ---- reading instances ------------------------------------------------------------------ */
 
-static const char *status_of(wf_host *h, const char *id) {
-  static char buf[64];
-  wf_info *i;
-  if (wf_get(h, id, &i) != WF_OK) return "absent";
-  snprintf(buf, sizeof buf, "%s", i->status);
-  wf_info_free(i);
-  return buf;
-}
+static const char *status_of(wf_host *h, const char *id) { return test_status_of(h, id); }
 
 static int is_status(wf_host *h, const char *id, const char *want) {
   const char *got = status_of(h, id);
@@ -894,19 +887,25 @@ static void test_breaker(void) {
 
 /* ---- 6. keyed breakers ------------------------------------------------------------------ */
 
-static void test_keyed_breaker(void) {
-  now_ms = T0;
-  wf_host *h = open_host("keyed", 1);
-  static script k;
-  memset(&k, 0, sizeof k);
-  k.fail_if = "\"tenant\":\"a\"";
+/* One attempt per call; a breaker per params.tenant that opens after two failures. */
+static wf_action_opts keyed_opts(int max_keys) {
   wf_action_opts o = opts_plain();
   o.retry.max_attempts = 1;
   o.breaker.enabled = 1;
   o.breaker.key_param = "tenant";
   o.breaker.min_throughput = 2;
   o.breaker.failure_ratio = 0.5;
-  o.breaker.max_keys = 2;
+  o.breaker.max_keys = max_keys;
+  return o;
+}
+
+static void test_keyed_breaker(void) {
+  now_ms = T0;
+  wf_host *h = open_host("keyed", 1);
+  static script k;
+  memset(&k, 0, sizeof k);
+  k.fail_if = "\"tenant\":\"a\"";
+  wf_action_opts o = keyed_opts(2);
   reg(h, &k, "keyed", &o);
 
   start_call(h, "k1", "keyed", "{\"tenant\":\"a\"}");
@@ -963,13 +962,7 @@ static void keyed_new_key_scenario(void) {
   static script k;
   memset(&k, 0, sizeof k);
   k.fail_if = "\"fail\":true";
-  wf_action_opts o = opts_plain();
-  o.retry.max_attempts = 1;
-  o.breaker.enabled = 1;
-  o.breaker.key_param = "tenant";
-  o.breaker.min_throughput = 2;
-  o.breaker.failure_ratio = 0.5;
-  o.breaker.max_keys = 1;
+  wf_action_opts o = keyed_opts(1);
   reg(h, &k, "keyed1", &o);
   start_call(h, "u1", "keyed1", "{\"tenant\":\"a\",\"fail\":true}");
   start_call(h, "u2", "keyed1", "{\"tenant\":\"a\",\"fail\":true}");

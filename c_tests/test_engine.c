@@ -41,24 +41,10 @@ static wf_host *open_host(wf_config *extra) {
   cfg.log = log_fn;
   static uint64_t seed = 42;
   cfg.seed = seed++; /* each host draws other numbers: a value drawn again on replay shows */
-  wf_host *h;
-  int rc = wf_host_open(db, &cfg, &h);
-  if (rc != WF_OK) fprintf(stderr, "open: %s\n", wf_errmsg(h));
-  CHECK(rc == WF_OK);
-  rc = wf_load_dir(h, wfdir);
-  if (rc != WF_OK) fprintf(stderr, "load: %s\n", wf_errmsg(h));
-  CHECK(rc == WF_OK);
-  return h;
+  return test_open_host(db, &cfg, wfdir);
 }
 
-static char *status_of(wf_host *h, const char *id) {
-  static char buf[64];
-  wf_info *i;
-  if (wf_get(h, id, &i) != WF_OK) return "absent";
-  snprintf(buf, sizeof buf, "%s", i->status);
-  wf_info_free(i);
-  return buf;
-}
+static const char *status_of(wf_host *h, const char *id) { return test_status_of(h, id); }
 
 static wf_info *info_of(wf_host *h, const char *id) {
   wf_info *i = NULL;

@@ -321,26 +321,18 @@ static int64_t delay_of(const char *data) {
 }
 
 int main(void) {
-  char wfdir[256], db[256], path[300];
+  char wfdir[256], db[256];
   const char *dir = test_tmpdir();
   snprintf(wfdir, sizeof wfdir, "%s/wf", dir);
   snprintf(db, sizeof db, "%s/http.db", dir);
   mkdir(wfdir, 0700);
-  snprintf(path, sizeof path, "%s/http_call.lua", wfdir);
-  FILE *f = fopen(path, "w");
-  fputs(workflow_src, f);
-  fclose(f);
+  test_write_file(wfdir, "http_call.lua", workflow_src);
 
   wf_config cfg;
   wf_config_init(&cfg);
   cfg.log_level = WF_LOG_WARN;
   cfg.max_payload = 64 * 1024; /* /big answers 100 KiB */
-  int rc = wf_host_open(db, &cfg, &h);
-  if (rc != WF_OK) fprintf(stderr, "open: %s\n", wf_errmsg(h));
-  CHECK(rc == WF_OK);
-  rc = wf_load_dir(h, wfdir);
-  if (rc != WF_OK) fprintf(stderr, "load: %s\n", wf_errmsg(h));
-  CHECK(rc == WF_OK);
+  h = test_open_host(db, &cfg, wfdir);
 
   uv_loop_t *loop = wf_host_loop(h);
   int port = server_start(loop), refused = closed_port();

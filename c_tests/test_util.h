@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wfhost.h"
+
 static int test_checks __attribute__((unused));
 static int test_failures __attribute__((unused));
 
@@ -86,6 +88,28 @@ static inline void test_write_file(const char *dir, const char *name, const char
     perror(path);
     exit(2);
   }
+}
+
+/* Opens a host on db with cfg and loads the workflows of dir, reporting failures as checks. */
+static inline wf_host *test_open_host(const char *db, const wf_config *cfg, const char *dir) {
+  wf_host *h;
+  int rc = wf_host_open(db, cfg, &h);
+  if (rc != WF_OK) fprintf(stderr, "open: %s\n", wf_errmsg(h));
+  CHECK(rc == WF_OK);
+  rc = wf_load_dir(h, dir);
+  if (rc != WF_OK) fprintf(stderr, "load: %s\n", wf_errmsg(h));
+  CHECK(rc == WF_OK);
+  return h;
+}
+
+/* An instance's status, or "absent" (a static buffer: valid until the next call). */
+static inline const char *test_status_of(wf_host *h, const char *id) {
+  static char buf[64];
+  wf_info *i;
+  if (wf_get(h, id, &i) != WF_OK) return "absent";
+  snprintf(buf, sizeof buf, "%s", i->status);
+  wf_info_free(i);
+  return buf;
 }
 
 #endif /* WF_TEST_UTIL_H */

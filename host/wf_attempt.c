@@ -56,10 +56,10 @@ static int64_t spread(wf_host *h, int64_t now) {
 
 /* ---- policies ------------------------------------------------------------------------ */
 
-int wf_attempt_opts(wf_host *h, lua_State *co, int idx, const char *name, wf_call_opts *o, char *err, size_t n) {
-  wf_action *a = wf_action_find(h, name);
-  wf_action_policy_of(h, name, &o->pol, NULL);
-  o->nonretry = wf_strdup(a ? a->nonretry : NULL);
+int wf_attempt_opts(wf_action *a, lua_State *co, int idx, wf_call_opts *o, char *err, size_t n) {
+  o->action = a;
+  o->pol = a->opts.retry;
+  o->nonretry = wf_strdup(a->nonretry);
   o->key = NULL;
   if (idx) {
     idx = lua_absindex(co, idx);
@@ -93,7 +93,7 @@ static void setup(wf_host *h, wf_instance *in, int64_t seq, const char *name, ch
   in->pend.nonretry = o->nonretry;
   in->pend.key = o->key;
   o->nonretry = o->key = NULL;
-  wf_action *a = wf_action_find(h, name);
+  wf_action *a = o->action;
   in->pend.action = a;
   in->pend.flags = a ? a->opts.flags : 0;
   if (a && a->opts.breaker.enabled && a->breaker_key) in->pend.brk_key = a->breaker_key(h, params);

@@ -458,13 +458,14 @@ void wf_breaker_free_all(wf_host *h);
 /* ---- wf_attempt.c ---- */
 /* The policy of one call: the action's, with the workflow's per-call options over it. */
 typedef struct wf_call_opts {
+  struct wf_action *action; /* the registration that serves the call */
   wf_retry_policy pol;
   char *nonretry;
   char *key;
 } wf_call_opts;
-/* Fills o for a call of action name; idx: the normalised options table on co's stack, or 0.
- * Returns -1 with a message in err if the result is not a valid policy. */
-int wf_attempt_opts(wf_host *h, lua_State *co, int idx, const char *name, wf_call_opts *o, char *err, size_t n);
+/* Fills o for a call of action a (registered); idx: the normalised options table on co's
+ * stack, or 0. Returns -1 with a message in err if the result is not a valid policy. */
+int wf_attempt_opts(wf_action *a, lua_State *co, int idx, wf_call_opts *o, char *err, size_t n);
 void wf_call_opts_free(wf_call_opts *o);
 /* The workflow calls an action at seq (live): journals it and starts attempt 1. Takes params
  * and o's strings. Returns -1 (parked), or the values pushed to resume with. */

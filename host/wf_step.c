@@ -382,7 +382,7 @@ static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entr
     return -1;
   }
   if (!strcmp(e->kind, "action")) {
-    if (!wf_action_find(h, e->name)) return not_registered(h, in, e->name);
+    if (!o->action) return not_registered(h, in, e->name);
     return wf_attempt_rearm(h, in, seq, e, o);
   }
   if (!strcmp(e->kind, "wait")) return wait_or_take(h, in, seq, e->name, data_due(e->data_json));
@@ -425,12 +425,12 @@ static int command(wf_host *h, wf_instance *in, int nres) {
   wf_call_opts opts = {0};
   char operr[400] = "";
   int64_t next = in->seq + 1; /* replayed calls with a recorded outcome need no policy */
-  int is_action = !strcmp(kind, "action") && name && !in->dry &&
-                  (!in->replaying || next > in->replay_max_seq || in->out_at[next] < 0) && wf_action_find(h, name);
-  if (is_action &&
-      wf_attempt_opts(h, co, nres >= 4 && lua_istable(co, -nres + 3) ? -nres + 3 : 0, name, &opts, operr,
-                      sizeof operr) != 0)
-    is_action = -1;
+  wf_action *action = !strcmp(kind, "action") && name && !in->dry &&
+                              (!in->replaying || next > in->replay_max_seq || in->out_at[next] < 0)
+                          ? wf_action_find(h, name)
+                          : NULL;
+  int bad_opts = action && wf_attempt_opts(action, co, nres >= 4 && lua_istable(co, -nres + 3) ? -nres + 3 : 0,
+                                           &opts, operr, sizeof operr) != 0;
   lua_pop(co, nres);
   int64_t seq = ++in->seq;
   int n = -1;
@@ -469,6 +469,11 @@ static int command(wf_host *h, wf_instance *in, int nres) {
         goto done;
       }
       in->replaying = 0;
+      if (bad_opts) { /* the code now passes options that make no valid policy */
+        wf_step_suspend(h, in, "ctx.actions.%s(params, opts) at step %" PRId64 ": %s. Fix the workflow, then run "
+                        "`wfhost retry %s`", name, seq, operr, in->id);
+        goto done;
+      }
       n = rearm(h, in, seq, e, &opts);
       goto done;
     }
@@ -491,11 +496,11 @@ static int command(wf_host *h, wf_instance *in, int nres) {
   /* Live. */
   int64_t now = wf_now(h);
   if (!strcmp(kind, "action")) {
-    if (!is_action) {
+    if (!action) {
       not_registered(h, in, name);
       goto done;
     }
-    if (is_action < 0) { /* the workflow's per-call options make no valid policy */
+    if (bad_opts) { /* the workflow's per-call options make no valid policy */
       snprintf(buf, sizeof buf, "ctx.actions.%.80s(params, opts): %.200s", name, operr);
       n = raise_in(co, buf);
       in->seq--;

@@ -441,7 +441,8 @@ int main(void) {
 
   /* A cancelled instance's request is dropped: the connection is closed. */
   CHECK(hang_c_dropped);
-  CHECK(history("cancel1", "cancelled", NULL, 0) == 1);
+  CHECK(history("cancel1", "cancel", NULL, 0) == 1);
+  CHECK(history("cancel1", "withdrawn", NULL, 0) == 1);
   CHECK(final("cancel1"));
 
   /* One breaker per origin, whatever the paths: the test server's. */

@@ -274,36 +274,36 @@ static void work_done(uv_work_t *w, int status) {
 
 /* ---- dispatch ------------------------------------------------------------------------ */
 
-void wf_action_dispatch(wf_host *h, wf_instance *in) {
-  in->pend.dispatch = 0;
-  wf_action *a = in->pend.action;
+void wf_action_dispatch(wf_host *h, wf_instance *in, wf_pend *p) {
+  p->dispatch = 0;
+  wf_action *a = p->action;
   wf_call *c = calloc(1, sizeof *c);
   if (!c) abort();
   int64_t now = wf_now(h);
   c->host = h;
   c->instance_id = wf_strdup(in->id);
-  c->seq = in->pend.seq;
-  c->attempt = in->pend.attempt;
-  c->name = wf_strdup(in->pend.name);
-  c->params = wf_strdup(in->pend.params ? in->pend.params : "null");
-  if (in->pend.key) {
-    c->key = wf_strdup(in->pend.key);
+  c->seq = p->seq;
+  c->attempt = p->attempt;
+  c->name = wf_strdup(p->name);
+  c->params = wf_strdup(p->params ? p->params : "null");
+  if (p->key) {
+    c->key = wf_strdup(p->key);
   } else {
     char key[WF_ID_MAX + 32];
-    snprintf(key, sizeof key, "%s:%" PRId64, in->id, in->pend.seq);
+    snprintf(key, sizeof key, "%s:%" PRId64, in->id, p->seq);
     c->key = wf_strdup(key);
   }
-  c->deadline = now + in->pend.pol.attempt_timeout_ms;
-  if (in->pend.pol.total_timeout_ms && in->pend.first_at + in->pend.pol.total_timeout_ms < c->deadline)
-    c->deadline = in->pend.first_at + in->pend.pol.total_timeout_ms;
+  c->deadline = now + p->pol.attempt_timeout_ms;
+  if (p->pol.total_timeout_ms && p->first_at + p->pol.total_timeout_ms < c->deadline)
+    c->deadline = p->first_at + p->pol.total_timeout_ms;
   c->retry_after = -1;
   c->next = h->calls;
   if (h->calls) h->calls->prev = c;
   h->calls = c;
   h->calls_waited++;
   h->stats.in_flight++;
-  in->pend.call = c;
-  in->pend.started_at = now;
+  p->call = c;
+  p->started_at = now;
   dl_push(h, c);
   if (!a) { /* unregistered since the intent was written */
     wf_call_fail(c, "not_registered", "the action is not registered on this host", WF_PERMANENT);
@@ -327,7 +327,7 @@ void wf_action_dispatch(wf_host *h, wf_instance *in) {
 /* The host stops waiting for the call. The action may complete it from the callback (which
  * frees it): nothing here touches c after the callback. */
 void wf_action_abandon(wf_host *h, wf_call *c) {
-  c->seq = -1; /* its completion will be dropped */
+  c->abandoned = 1; /* its outcome will be journaled as ignored, never delivered */
   if (c->host) {
     dl_remove(h, c);
     if (!c->held) { /* a drain no longer waits for it */
@@ -364,7 +364,8 @@ void wf_action_detach_all(wf_host *h) {
   for (wf_call *c = h->calls, *next; c; c = next) {
     next = c->next;
     wf_instance *in = wf_engine_find(h, c->instance_id);
-    if (in && in->pend.call == c) in->pend.call = NULL;
+    for (wf_pend *p = in ? in->pends : NULL; p; p = p->next)
+      if (p->call == c) p->call = NULL;
     c->host = NULL; /* first: a completion from the callback then only frees the call */
     if (!c->on_worker) wf_action_abandon(h, c);
   }

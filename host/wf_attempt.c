@@ -83,52 +83,53 @@ void wf_call_opts_free(wf_call_opts *o) {
   o->nonretry = o->key = NULL;
 }
 
-static void setup(wf_host *h, wf_instance *in, int64_t seq, const char *name, char *params, wf_call_opts *o) {
-  wf_instance_free_pend(in);
-  in->pend.kind = WF_PEND_ACTION;
-  in->pend.seq = seq;
-  in->pend.name = wf_strdup(name);
-  in->pend.params = params;
-  in->pend.pol = o->pol;
-  in->pend.nonretry = o->nonretry;
-  in->pend.key = o->key;
+static void setup(wf_host *h, wf_pend *p, const char *name, char *params, wf_call_opts *o) {
+  p->kind = WF_PEND_ACTION;
+  p->name = wf_strdup(name);
+  p->params = params;
+  p->pol = o->pol;
+  p->nonretry = o->nonretry;
+  p->key = o->key;
   o->nonretry = o->key = NULL;
   wf_action *a = o->action;
-  in->pend.action = a;
-  in->pend.flags = a ? a->opts.flags : 0;
-  if (a && a->opts.breaker.enabled && a->breaker_key) in->pend.brk_key = a->breaker_key(h, params);
+  p->action = a;
+  p->flags = a ? a->opts.flags : 0;
+  if (a && a->opts.breaker.enabled && a->breaker_key) p->brk_key = a->breaker_key(h, params);
   else if (a && a->opts.breaker.enabled && a->opts.breaker.key_param)
-    in->pend.brk_key = wf_json_get(h, params, a->opts.breaker.key_param);
+    p->brk_key = wf_json_get(h, params, a->opts.breaker.key_param);
 }
 
 /* ---- outcomes ------------------------------------------------------------------------ */
 
 /* Attempts made in this round (since the step began, or since an operator's retry). */
-static int made(const wf_instance *in) { return in->pend.attempt - in->pend.round_base; }
+static int made(const wf_pend *p) { return p->attempt - p->round_base; }
 /* (While backing off, or after a rejection, pend.attempt is the next attempt: one fewer was made.) */
 
-static wf_breaker *breaker_of(wf_host *h, wf_instance *in, wf_breaker_policy *bp) {
-  const wf_action *a = in->pend.action;
+static wf_breaker *breaker_of(wf_host *h, wf_pend *p, wf_breaker_policy *bp) {
+  const wf_action *a = p->action;
   if (!a || !a->opts.breaker.enabled) return NULL;
   *bp = a->opts.breaker;
-  return wf_breaker_get(h, in->pend.name, in->pend.brk_key, bp);
+  return wf_breaker_get(h, p->name, p->brk_key, bp);
 }
 
-static void count(wf_host *h, wf_instance *in, wf_outcome cls, int64_t now) {
+static void count(wf_host *h, wf_pend *p, wf_outcome cls, int64_t now) {
   h->stats.attempts[cls]++;
-  if (cls == WF_OUTCOME_LOST || !in->pend.started_at) return;
-  uint64_t ms = now > in->pend.started_at ? (uint64_t)(now - in->pend.started_at) : 0;
+  if (cls == WF_OUTCOME_LOST || !p->started_at) return;
+  uint64_t ms = now > p->started_at ? (uint64_t)(now - p->started_at) : 0;
   h->stats.attempt_ms[cls] += ms;
   if (ms > h->stats.attempt_max_ms[cls]) h->stats.attempt_max_ms[cls] = ms;
 }
 
-/* Resumes the workflow with the step's outcome: journaled, then pushed. */
-static int deliver_outcome(wf_host *h, wf_instance *in, int ok, char *json) {
-  wf_attempt_journal(h, in, in->pend.seq, ok ? "action_result" : "action_error", in->pend.name, json);
-  lua_pushstring(in->co, ok ? "json" : "error");
-  lua_pushstring(in->co, json);
-  free(json);
-  return 2;
+/* The step ends with this outcome (takes json). It is journaled and handed to the workflow
+ * when the instance takes its next outcome (wf_attempt_deliver), so that the journal keeps the
+ * order in which the instance's threads received their outcomes. Returns 0. */
+static int deliver_outcome(wf_host *h, wf_instance *in, wf_pend *p, int ok, char *json) {
+  (void)h;
+  (void)in;
+  free(p->final_json);
+  p->final = ok ? 1 : 2;
+  p->final_json = json;
+  return 0;
 }
 
 /* The error a workflow receives: {code, message, type, attempts, retryable, cause}. */
@@ -160,132 +161,129 @@ static char *failure_json(int attempt, wf_outcome cls, const char *type, const c
 
 /* No attempt or no time left: the workflow gets the error, or the instance waits for an
  * operator. Returns what wf_attempt_deliver returns. */
-static int exhaust(wf_host *h, wf_instance *in, const char *code, int n) {
+static int exhaust(wf_host *h, wf_instance *in, wf_pend *p, const char *code, int n) {
   h->stats.exhausted++;
-  const char *type = in->pend.last_type ? in->pend.last_type : "error";
-  const char *last = in->pend.last_msg ? in->pend.last_msg : "";
+  const char *type = p->last_type ? p->last_type : "error";
+  const char *last = p->last_msg ? p->last_msg : "";
   if (n < 0) n = 0;
   char msg[1200];
   if (!strcmp(code, "deadline_exceeded"))
     snprintf(msg, sizeof msg, "no success within the total timeout of %" PRId64 " ms (%d attempt%s); last error: %.900s",
-             in->pend.pol.total_timeout_ms, n, n == 1 ? "" : "s", last);
+             p->pol.total_timeout_ms, n, n == 1 ? "" : "s", last);
   else
     snprintf(msg, sizeof msg, "%d attempt%s failed; last error: %.900s", n, n == 1 ? "" : "s", last);
-  char *err = error_json(code, type, msg, n, in->pend.last_fail);
-  wf_attempt_journal(h, in, in->pend.seq, "exhausted", in->pend.name, err);
-  if (in->pend.pol.suspend_on_exhaustion) {
+  char *err = error_json(code, type, msg, n, p->last_fail);
+  wf_attempt_journal(h, in, p->seq, "exhausted", p->name, err);
+  if (p->pol.suspend_on_exhaustion) {
     free(err);
     wf_step_suspend(h, in, "action '%s' gave up: %s. Fix the cause, then run `wfhost retry %s` to try again",
-                    in->pend.name, msg, in->id);
+                    p->name, msg, in->id);
     return -1;
   }
-  return deliver_outcome(h, in, 0, err);
+  return deliver_outcome(h, in, p, 0, err);
 }
 
-/* The next attempt (number in->pend.attempt) starts at `at`: persisted, then waited for. */
-static int schedule(wf_host *h, wf_instance *in, int64_t now, int64_t at, const char *reason) {
-  if (in->pend.pol.total_timeout_ms && at >= in->pend.first_at + in->pend.pol.total_timeout_ms)
-    return exhaust(h, in, "deadline_exceeded", made(in) - 1);
+/* The next attempt (number p->attempt) starts at `at`: persisted, then waited for. */
+static int schedule(wf_host *h, wf_instance *in, wf_pend *p, int64_t now, int64_t at, const char *reason) {
+  if (p->pol.total_timeout_ms && at >= p->first_at + p->pol.total_timeout_ms)
+    return exhaust(h, in, p, "deadline_exceeded", made(p) - 1);
   if (!strcmp(reason, "circuit_open")) h->stats.retries_circuit_open++;
   else if (!strcmp(reason, "timeout")) h->stats.retries_timeout++;
   else if (!strcmp(reason, "lost")) h->stats.retries_lost++;
   else h->stats.retries_transient++;
   char data[200];
   snprintf(data, sizeof data, "{\"attempt\":%d,\"at\":%" PRId64 ",\"delay_ms\":%" PRId64 ",\"reason\":\"%s\"}",
-           in->pend.attempt, at, at - now, reason);
-  wf_attempt_journal(h, in, in->pend.seq, "retry_scheduled", in->pend.name, data);
-  wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, in->pend.seq, at));
-  in->pend.backing_off = 1;
-  in->pend.due = at;
-  in->status = WF_ST_WAITING;
-  wf_engine_add_timer(h, in, in->pend.seq, at > now ? at : now + spread(h, now));
+           p->attempt, at, at - now, reason);
+  wf_attempt_journal(h, in, p->seq, "retry_scheduled", p->name, data);
+  wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, p->seq, at));
+  p->backing_off = 1;
+  p->due = at;
+  wf_engine_add_timer(h, in, p->seq, at > now ? at : now + spread(h, now));
   return -1;
 }
 
-/* Starts attempt in->pend.attempt now, unless the breaker refuses it. journal: write an
+/* Starts attempt p->attempt now, unless the breaker refuses it. journal: write an
  * `attempt` entry (attempt 1 of a new call is the `action` entry itself). */
-static int start(wf_host *h, wf_instance *in, int64_t now, int journal) {
+static int start(wf_host *h, wf_instance *in, wf_pend *p, int64_t now, int journal) {
   wf_breaker_policy bp;
-  wf_breaker *b = breaker_of(h, in, &bp);
-  in->pend.probe = 0;
+  wf_breaker *b = breaker_of(h, p, &bp);
+  p->probe = 0;
   if (b) {
     int64_t retry_at = now;
-    if (!wf_breaker_allow(h, b, &bp, now, now + in->pend.pol.attempt_timeout_ms, &in->pend.probe, &retry_at, in,
-                          in->pend.seq)) {
+    if (!wf_breaker_allow(h, b, &bp, now, now + p->pol.attempt_timeout_ms, &p->probe, &retry_at, in,
+                          p->seq)) {
       h->stats.rejections++;
       char data[200];
-      snprintf(data, sizeof data, "{\"attempt\":%d,\"state\":\"%s\",\"open_until\":%" PRId64 "}", in->pend.attempt,
+      snprintf(data, sizeof data, "{\"attempt\":%d,\"state\":\"%s\",\"open_until\":%" PRId64 "}", p->attempt,
                wf_breaker_state_name(b->state), b->open_until);
-      wf_attempt_journal(h, in, in->pend.seq, "rejected", in->pend.name, data);
-      if (!in->pend.last_type) {
+      wf_attempt_journal(h, in, p->seq, "rejected", p->name, data);
+      if (!p->last_type) {
         static const char why[] = "the circuit breaker is open: the action was not invoked";
-        in->pend.last_type = wf_strdup("circuit_open");
-        in->pend.last_msg = wf_strdup(why);
-        free(in->pend.last_fail);
-        in->pend.last_fail = wf_strdup("{\"type\":\"circuit_open\",\"message\":\"" "the circuit breaker is open: "
+        p->last_type = wf_strdup("circuit_open");
+        p->last_msg = wf_strdup(why);
+        free(p->last_fail);
+        p->last_fail = wf_strdup("{\"type\":\"circuit_open\",\"message\":\"" "the circuit breaker is open: "
                                        "the action was not invoked\"}");
       }
       int64_t window = bp.break_duration_ms < 1000 ? bp.break_duration_ms : 1000;
       int64_t at = (retry_at > now ? retry_at : now) + (int64_t)(unit(h) * (double)window);
-      return schedule(h, in, now, at, "circuit_open");
+      return schedule(h, in, p, now, at, "circuit_open");
     }
   }
   char data[96];
-  snprintf(data, sizeof data, "{\"attempt\":%d}", in->pend.attempt);
-  if (journal) wf_attempt_journal(h, in, in->pend.seq, "attempt", in->pend.name, data);
-  else wf_attempt_observe(h, "attempt", in->id, in->pend.seq, in->pend.name, data);
-  in->pend.backing_off = 0;
-  in->pend.due = 0;
-  in->pend.dispatch = 1;
-  in->status = WF_ST_RUNNING;
+  snprintf(data, sizeof data, "{\"attempt\":%d}", p->attempt);
+  if (journal) wf_attempt_journal(h, in, p->seq, "attempt", p->name, data);
+  else wf_attempt_observe(h, "attempt", in->id, p->seq, p->name, data);
+  p->backing_off = 0;
+  p->due = 0;
+  p->dispatch = 1;
   return -1;
 }
 
 /* An attempt failed with cls (transient, permanent, timeout or lost). */
-static int failed(wf_host *h, wf_instance *in, int64_t now, wf_outcome cls, const char *type, const char *message,
+static int failed(wf_host *h, wf_instance *in, wf_pend *p, int64_t now, wf_outcome cls, const char *type, const char *message,
                   int64_t retry_after) {
-  if (cls == WF_OUTCOME_PERMANENT || wf_types_has(in->pend.nonretry, type))
-    return deliver_outcome(h, in, 0, error_json(type, type, message, made(in), NULL));
-  free(in->pend.last_type);
-  free(in->pend.last_msg);
-  free(in->pend.last_fail);
-  in->pend.last_type = wf_strdup(type);
-  in->pend.last_msg = wf_strdup(message);
-  in->pend.last_fail = failure_json(in->pend.attempt, cls, type, message);
-  wf_attempt_journal(h, in, in->pend.seq, "attempt_failed", in->pend.name, in->pend.last_fail);
-  if ((in->pend.flags & WF_ACTION_AT_MOST_ONCE) && (cls == WF_OUTCOME_TIMEOUT || cls == WF_OUTCOME_LOST)) {
+  if (cls == WF_OUTCOME_PERMANENT || wf_types_has(p->nonretry, type))
+    return deliver_outcome(h, in, p, 0, error_json(type, type, message, made(p), NULL));
+  free(p->last_type);
+  free(p->last_msg);
+  free(p->last_fail);
+  p->last_type = wf_strdup(type);
+  p->last_msg = wf_strdup(message);
+  p->last_fail = failure_json(p->attempt, cls, type, message);
+  wf_attempt_journal(h, in, p->seq, "attempt_failed", p->name, p->last_fail);
+  if ((p->flags & WF_ACTION_AT_MOST_ONCE) && (cls == WF_OUTCOME_TIMEOUT || cls == WF_OUTCOME_LOST)) {
     char key[WF_ID_MAX + 600];
-    if (in->pend.key) snprintf(key, sizeof key, "%.580s", in->pend.key);
-    else snprintf(key, sizeof key, "%s:%" PRId64, in->id, in->pend.seq);
+    if (p->key) snprintf(key, sizeof key, "%.580s", p->key);
+    else snprintf(key, sizeof key, "%s:%" PRId64, in->id, p->seq);
     char d[64];
-    snprintf(d, sizeof d, "{\"attempt\":%d}", in->pend.attempt);
-    wf_attempt_journal(h, in, in->pend.seq, "outcome_unknown", in->pend.name, d);
+    snprintf(d, sizeof d, "{\"attempt\":%d}", p->attempt);
+    wf_attempt_journal(h, in, p->seq, "outcome_unknown", p->name, d);
     wf_step_suspend(h, in,
                     "outcome unknown: attempt %d of at-most-once action '%s' (key %s) %s, so it may or may not have "
                     "taken effect, and it is not invoked again on its own. Check with the service, then run "
                     "`wfhost retry %s` to invoke it again, or `wfhost cancel %s`",
-                    in->pend.attempt, in->pend.name, key,
+                    p->attempt, p->name, key,
                     cls == WF_OUTCOME_LOST ? "was in flight when the host stopped" : "timed out", in->id, in->id);
     return -1;
   }
-  if (in->pend.pol.max_attempts && made(in) >= in->pend.pol.max_attempts)
-    return exhaust(h, in, "retries_exhausted", made(in));
+  if (p->pol.max_attempts && made(p) >= p->pol.max_attempts)
+    return exhaust(h, in, p, "retries_exhausted", made(p));
   int64_t delay = cls == WF_OUTCOME_LOST ? 0
                   : retry_after >= 0     ? retry_after
-                                         : wf_retry_delay(&in->pend.pol, made(in), unit(h));
-  in->pend.attempt++;
-  return schedule(h, in, now, now + delay, wf_outcome_name(cls));
+                                         : wf_retry_delay(&p->pol, made(p), unit(h));
+  p->attempt++;
+  return schedule(h, in, p, now, now + delay, wf_outcome_name(cls));
 }
 
 /* ---- the step ------------------------------------------------------------------------ */
 
-int wf_attempt_call(wf_host *h, wf_instance *in, int64_t seq, const char *name, char *params, wf_call_opts *o) {
-  in->seq = seq;
-  wf_engine_history(h, in, seq, "action", name, params);
-  setup(h, in, seq, name, params, o);
-  in->pend.attempt = 1;
-  in->pend.first_at = wf_now(h);
-  return start(h, in, in->pend.first_at, 0);
+int wf_attempt_call(wf_host *h, wf_instance *in, wf_pend *p, const char *name, char *params, wf_call_opts *o) {
+  wf_engine_history(h, in, p->seq, "action", name, params);
+  setup(h, p, name, params, o);
+  p->attempt = 1;
+  p->first_at = wf_now(h);
+  return start(h, in, p, p->first_at, 0);
 }
 
 /* Reads "key":<integer> from an entry's data (written by this file). */
@@ -296,15 +294,16 @@ static int64_t data_int(const char *data, const char *key) {
   return p ? strtoll(p + strlen(pat), NULL, 10) : 0;
 }
 
-int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *cmd, wf_call_opts *o) {
+int wf_attempt_rearm(wf_host *h, wf_instance *in, wf_pend *p, const wf_history_entry *cmd, wf_call_opts *o) {
   int64_t now = wf_now(h);
-  setup(h, in, seq, cmd->name, wf_strdup(cmd->data_json), o);
+  int64_t seq = p->seq;
+  setup(h, p, cmd->name, wf_strdup(cmd->data_json), o);
   /* ended: the last round ran out of attempts (exhausted) or stopped at an unknown outcome;
    * the entry that follows it (attempt, or rejected) is the operator's new round. */
   int started = 0, inflight = 0, waiting = 0, ended = 0;
   int64_t next_at = 0;
   const char *last_fail = NULL;
-  in->pend.first_at = cmd->at;
+  p->first_at = cmd->at;
   for (size_t i = (size_t)(cmd - in->hist); i < in->nhist; i++) {
     const wf_history_entry *e = &in->hist[i];
     if (e->seq != seq) continue;
@@ -312,111 +311,122 @@ int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_
     int n = (int)data_int(e->data_json, "attempt");
     if (ended && (!strcmp(k, "attempt") || !strcmp(k, "rejected"))) {
       ended = 0;
-      in->pend.round_base = started;
-      in->pend.first_at = e->at;
+      p->round_base = started;
+      p->first_at = e->at;
     }
     if (!strcmp(k, "action")) started = 1, inflight = 1;
     else if (!strcmp(k, "attempt")) started = n, inflight = 1, waiting = 0;
     else if (!strcmp(k, "attempt_failed")) inflight = 0, last_fail = e->data_json;
     else if (!strcmp(k, "rejected")) started = n - 1, inflight = 0;
     else if (!strcmp(k, "action_lost")) inflight = 0;
-    else if (!strcmp(k, "retry_scheduled")) waiting = 1, in->pend.attempt = n, next_at = data_int(e->data_json, "at");
+    else if (!strcmp(k, "retry_scheduled")) waiting = 1, p->attempt = n, next_at = data_int(e->data_json, "at");
     else if (!strcmp(k, "outcome_unknown") || !strcmp(k, "exhausted")) ended = 1, inflight = waiting = 0;
   }
   if (last_fail) {
-    in->pend.last_type = wf_json_get(h, last_fail, "type");
-    in->pend.last_msg = wf_json_get(h, last_fail, "message");
-    in->pend.last_fail = wf_strdup(last_fail);
+    p->last_type = wf_json_get(h, last_fail, "type");
+    p->last_msg = wf_json_get(h, last_fail, "message");
+    p->last_fail = wf_strdup(last_fail);
   }
   if (ended) { /* the operator asked for another try: a new round starts now */
-    in->pend.round_base = started;
-    in->pend.first_at = now;
-    in->pend.attempt = started + 1;
-    return start(h, in, now, 1);
+    p->round_base = started;
+    p->first_at = now;
+    p->attempt = started + 1;
+    return start(h, in, p, now, 1);
   }
   if (inflight) {
-    in->pend.attempt = started;
+    p->attempt = started;
     char data[64];
     snprintf(data, sizeof data, "{\"attempt\":%d}", started);
     wf_attempt_journal(h, in, seq, "action_lost", cmd->name, data);
-    count(h, in, WF_OUTCOME_LOST, now);
-    return failed(h, in, now, WF_OUTCOME_LOST, "lost", "the attempt was in flight when the host stopped", -1);
+    count(h, p, WF_OUTCOME_LOST, now);
+    return failed(h, in, p, now, WF_OUTCOME_LOST, "lost", "the attempt was in flight when the host stopped", -1);
   }
   if (waiting) {
-    in->pend.backing_off = 1;
-    in->pend.due = next_at;
-    in->status = WF_ST_WAITING;
+    p->backing_off = 1;
+    p->due = next_at;
     wf_engine_add_timer(h, in, seq, next_at > now ? next_at : now + spread(h, now));
     return -1;
   }
-  in->pend.attempt = started + 1;
-  return start(h, in, now, 1);
+  p->attempt = started + 1;
+  return start(h, in, p, now, 1);
 }
 
-int wf_attempt_deliver(wf_host *h, wf_instance *in) {
+/* A parked step's news: an attempt's outcome, a timeout, the time of a retry. */
+static int progress(wf_host *h, wf_instance *in, wf_pend *p) {
   int64_t now = wf_now(h);
-  if (in->pend.has_result) {
-    wf_outcome_rec o = in->pend.out;
-    memset(&in->pend.out, 0, sizeof in->pend.out);
-    in->pend.has_result = 0;
+  if (p->has_result) {
+    wf_outcome_rec o = p->out;
+    memset(&p->out, 0, sizeof p->out);
+    p->has_result = 0;
     wf_outcome cls = o.ok ? WF_OUTCOME_OK : o.cls;
-    count(h, in, cls, now);
+    count(h, p, cls, now);
     wf_breaker_policy bp;
-    wf_breaker *b = breaker_of(h, in, &bp);
-    if (b) wf_breaker_record(h, b, &bp, now, cls, in->pend.probe, in, in->pend.seq);
+    wf_breaker *b = breaker_of(h, p, &bp);
+    if (b) wf_breaker_record(h, b, &bp, now, cls, p->probe, in, p->seq);
     int r;
     if (o.ok) {
-      r = deliver_outcome(h, in, 1, o.result);
+      r = deliver_outcome(h, in, p, 1, o.result);
       o.result = NULL;
     } else {
-      r = failed(h, in, now, cls, o.type, o.message, o.retry_after);
+      r = failed(h, in, p, now, cls, o.type, o.message, o.retry_after);
     }
     wf_outcome_free(&o);
     return r;
   }
-  if (in->pend.timed_out) {
-    in->pend.timed_out = 0;
-    count(h, in, WF_OUTCOME_TIMEOUT, now);
+  if (p->timed_out) {
+    p->timed_out = 0;
+    count(h, p, WF_OUTCOME_TIMEOUT, now);
     wf_breaker_policy bp;
-    wf_breaker *b = breaker_of(h, in, &bp);
-    if (b) wf_breaker_record(h, b, &bp, now, WF_OUTCOME_TIMEOUT, in->pend.probe, in, in->pend.seq);
+    wf_breaker *b = breaker_of(h, p, &bp);
+    if (b) wf_breaker_record(h, b, &bp, now, WF_OUTCOME_TIMEOUT, p->probe, in, p->seq);
     char msg[200];
-    snprintf(msg, sizeof msg, "no outcome within %" PRId64 " ms (the %s timeout)", now - in->pend.started_at,
-             in->pend.pol.total_timeout_ms && now >= in->pend.first_at + in->pend.pol.total_timeout_ms ? "total"
+    snprintf(msg, sizeof msg, "no outcome within %" PRId64 " ms (the %s timeout)", now - p->started_at,
+             p->pol.total_timeout_ms && now >= p->first_at + p->pol.total_timeout_ms ? "total"
                                                                                                         : "attempt");
-    return failed(h, in, now, WF_OUTCOME_TIMEOUT, "timeout", msg, -1);
+    return failed(h, in, p, now, WF_OUTCOME_TIMEOUT, "timeout", msg, -1);
   }
-  if (in->pend.backing_off && now >= in->pend.due) {
-    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, in->pend.seq));
-    in->pend.backing_off = 0;
-    if (in->pend.pol.total_timeout_ms && now >= in->pend.first_at + in->pend.pol.total_timeout_ms)
-      return exhaust(h, in, "deadline_exceeded", made(in) - 1);
-    return start(h, in, now, 1);
+  if (p->backing_off && now >= p->due) {
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, p->seq));
+    p->backing_off = 0;
+    if (p->pol.total_timeout_ms && now >= p->first_at + p->pol.total_timeout_ms)
+      return exhaust(h, in, p, "deadline_exceeded", made(p) - 1);
+    return start(h, in, p, now, 1);
   }
   return 0;
 }
 
-void wf_attempt_cancel(wf_host *h, wf_instance *in) {
-  if (!in->pend.call) return;
-  wf_call *c = in->pend.call;
-  in->pend.call = NULL;
+int wf_attempt_deliver(wf_host *h, wf_instance *in, wf_pend *p) {
+  if (!p->final) progress(h, in, p);
+  if (!in->co) return -1; /* suspended */
+  if (!p->final) return 0;
+  int ok = p->final == 1;
+  wf_attempt_journal(h, in, p->seq, ok ? "action_result" : "action_error", p->name, p->final_json);
+  lua_pushstring(in->co, ok ? "json" : "error");
+  lua_pushstring(in->co, p->final_json);
+  return 2;
+}
+
+void wf_attempt_cancel(wf_host *h, wf_instance *in, wf_pend *p) {
+  if (!p->call) return;
+  wf_call *c = p->call;
+  p->call = NULL;
   int64_t now = wf_now(h);
-  count(h, in, WF_OUTCOME_CANCELLED, now);
+  count(h, p, WF_OUTCOME_CANCELLED, now);
   wf_breaker_policy bp;
-  wf_breaker *b = breaker_of(h, in, &bp);
-  if (b) wf_breaker_record(h, b, &bp, now, WF_OUTCOME_CANCELLED, in->pend.probe, in, in->pend.seq);
+  wf_breaker *b = breaker_of(h, p, &bp);
+  if (b) wf_breaker_record(h, b, &bp, now, WF_OUTCOME_CANCELLED, p->probe, in, p->seq);
   wf_action_abandon(h, c);
 }
 
-void wf_attempt_describe(const wf_instance *in, char *buf, size_t n) {
-  if (in->pend.backing_off) {
+void wf_attempt_describe(const wf_pend *p, char *buf, size_t n) {
+  if (p->backing_off) {
     char t[32];
-    wf_format_time(in->pend.due, t);
-    snprintf(buf, n, "retry of action %s (attempt %d) at %s", in->pend.name, in->pend.attempt, t);
-  } else if (in->pend.attempt > 1) {
-    snprintf(buf, n, "action %s (attempt %d)", in->pend.name, in->pend.attempt);
+    wf_format_time(p->due, t);
+    snprintf(buf, n, "retry of action %s (attempt %d) at %s", p->name, p->attempt, t);
+  } else if (p->attempt > 1) {
+    snprintf(buf, n, "action %s (attempt %d)", p->name, p->attempt);
   } else {
-    snprintf(buf, n, "action %s", in->pend.name);
+    snprintf(buf, n, "action %s", p->name);
   }
 }
 

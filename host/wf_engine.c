@@ -74,17 +74,58 @@ static wf_instance *get_or_stub(wf_host *h, const char *id) {
   return in;
 }
 
-void wf_instance_free_pend(wf_instance *in) {
-  free(in->pend.name);
-  free(in->pend.params);
-  wf_outcome_free(&in->pend.out);
-  free(in->pend.nonretry);
-  free(in->pend.key);
-  free(in->pend.brk_key);
-  free(in->pend.last_type);
-  free(in->pend.last_msg);
-  free(in->pend.last_fail);
-  memset(&in->pend, 0, sizeof in->pend);
+/* ---- pending commands ---------------------------------------------------------------- */
+
+wf_pend *wf_pend_add(wf_instance *in, wf_pend_kind kind, int64_t seq) {
+  wf_pend *p = calloc(1, sizeof *p);
+  if (!p) abort();
+  p->kind = kind;
+  p->seq = seq;
+  wf_pend **pp = &in->pends;
+  while (*pp) pp = &(*pp)->next;
+  *pp = p;
+  in->npends++;
+  return p;
+}
+
+wf_pend *wf_pend_find(wf_instance *in, int64_t seq) {
+  for (wf_pend *p = in->pends; p; p = p->next)
+    if (p->seq == seq) return p;
+  return NULL;
+}
+
+void wf_pend_remove(wf_instance *in, wf_pend *p) {
+  wf_pend **pp = &in->pends;
+  while (*pp && *pp != p) pp = &(*pp)->next;
+  if (*pp) {
+    *pp = p->next;
+    in->npends--;
+  }
+  free(p->name);
+  free(p->params);
+  wf_outcome_free(&p->out);
+  free(p->nonretry);
+  free(p->key);
+  free(p->brk_key);
+  free(p->last_type);
+  free(p->last_msg);
+  free(p->last_fail);
+  free(p->final_json);
+  free(p);
+}
+
+void wf_pend_clear(wf_host *h, wf_instance *in) {
+  while (in->pends) {
+    wf_pend *p = in->pends;
+    if (p->call) wf_attempt_cancel(h, in, p);
+    wf_pend_remove(in, p);
+  }
+}
+
+static int has_call(const wf_instance *in) {
+  for (const wf_pend *p = in->pends; p; p = p->next)
+    if (p->call) return 1;
+  return 0;
 }
 
 static void lru_remove(wf_host *h, wf_instance *in) {
@@ -118,9 +159,8 @@ static void instance_free(wf_host *h, wf_instance *in) {
 
 void wf_instance_release(wf_host *h, wf_instance *in) {
   wf_step_drop_coroutine(h, in);
-  if (in->pend.call) in->pend.call->seq = -1;
-  in->pend.call = NULL;
-  wf_instance_free_pend(in);
+  wf_pend_clear(h, in);
+  free(in->ignored);
   free(in->id);
   free(in->workflow);
   free(in->input);
@@ -130,6 +170,7 @@ void wf_instance_release(wf_host *h, wf_instance *in) {
   free(in->error);
   free(in->row_wait);
   free(in->dry_report);
+  free(in->saga_msg);
   free(in);
 }
 
@@ -304,8 +345,11 @@ static void fire_due(wf_host *h) {
     if (!in) {
       in = get_or_stub(h, t.id);
       wf_engine_ready(h, in);
-    } else if (!in->co || (in->pend.seq == t.seq && in->pend.due)) {
+    } else if (!in->co) {
       wf_engine_ready(h, in);
+    } else {
+      wf_pend *p = wf_pend_find(in, t.seq);
+      if (p && p->due) wf_engine_ready(h, in);
     }
     free(t.id);
   }
@@ -510,26 +554,43 @@ static void recover(wf_host *h) {
 
 /* ---- the batch ----------------------------------------------------------------------- */
 
-static char *waiting_for(wf_instance *in) {
-  char buf[600], t[32];
-  switch (in->pend.kind) {
+static void describe_pend(const wf_pend *p, char *buf, size_t n) {
+  char t[32];
+  switch (p->kind) {
   case WF_PEND_ACTION:
-    wf_attempt_describe(in, buf, sizeof buf);
+    wf_attempt_describe(p, buf, n);
     break;
   case WF_PEND_WAIT:
-    if (in->pend.due) {
-      wf_format_time(in->pend.due, t);
-      snprintf(buf, sizeof buf, "event %s (timeout at %s)", in->pend.name, t);
+    if (p->due) {
+      wf_format_time(p->due, t);
+      snprintf(buf, n, "event %s (timeout at %s)", p->name, t);
     } else {
-      snprintf(buf, sizeof buf, "event %s", in->pend.name);
+      snprintf(buf, n, "event %s", p->name);
     }
     break;
   case WF_PEND_SLEEP:
-    wf_format_time(in->pend.due, t);
-    snprintf(buf, sizeof buf, "timer until %s", t);
+    wf_format_time(p->due, t);
+    snprintf(buf, n, "timer until %s", t);
     break;
   default:
-    return NULL;
+    buf[0] = 0;
+  }
+}
+
+/* What the instance waits on: its one command, or its branches' joined by "; ". */
+static char *waiting_for(wf_instance *in) {
+  if (!in->pends) return NULL;
+  char buf[1024], one[600];
+  size_t len = 0;
+  buf[0] = 0;
+  for (const wf_pend *p = in->pends; p; p = p->next) {
+    describe_pend(p, one, sizeof one);
+    int k = snprintf(buf + len, sizeof buf - len, "%s%s", len ? "; " : "", one);
+    if (k < 0 || (size_t)k >= sizeof buf - len) {
+      snprintf(buf + (sizeof buf - 5), 5, "...");
+      break;
+    }
+    len += (size_t)k;
   }
   return wf_strdup(buf);
 }
@@ -630,10 +691,12 @@ static void run_batch(wf_host *h) {
     next = in->touched_next;
     in->touched = 0;
     if (wf_status_final(in->status) || in->status == WF_ST_SUSPENDED) {
-      if (!in->in_ready && !in->pend.call) instance_free(h, in);
+      if (!in->in_ready) instance_free(h, in);
       continue;
     }
-    if (in->pend.dispatch && !h->closing) wf_action_dispatch(h, in);
+    if (!h->closing)
+      for (wf_pend *p = in->pends; p; p = p->next)
+        if (p->dispatch) wf_action_dispatch(h, in, p);
     if (in->co && in->status == WF_ST_WAITING) lru_touch(h, in);
     else lru_remove(h, in);
   }
@@ -642,7 +705,7 @@ static void run_batch(wf_host *h) {
   while (h->nlive > (size_t)h->cfg.cache_size && h->lru_head) {
     wf_instance *in = h->lru_head;
     lru_remove(h, in);
-    if (!in->in_ready && !in->cancel_requested && !in->pend.call) instance_free(h, in);
+    if (!in->in_ready && !in->cancel_requested && !has_call(in)) instance_free(h, in);
   }
   return;
 
@@ -696,34 +759,42 @@ static void on_poll(uv_timer_t *t) {
 
 /* ---- calls --------------------------------------------------------------------------- */
 
-/* The instance whose step waits for this call, or NULL (the call was abandoned). */
-static wf_instance *waiting_on(wf_host *h, wf_call *c) {
-  wf_instance *in = wf_engine_find(h, c->instance_id);
-  if (in && in->pend.call == c && in->pend.seq == c->seq && in->pend.kind == WF_PEND_ACTION) return in;
+/* The step that waits for this call, or NULL: the call was abandoned, and its outcome is
+ * journaled as ignored if the instance is live. */
+static wf_pend *waiting_on(wf_host *h, wf_call *c, wf_instance **inp) {
+  wf_instance *in = *inp = wf_engine_find(h, c->instance_id);
+  for (wf_pend *p = in && !c->abandoned ? in->pends : NULL; p; p = p->next)
+    if (p->call == c) return p;
   wf_log(h, WF_LOG_DEBUG, c->instance_id, NULL, "outcome of %s (step %" PRId64 ") ignored: the step no longer waits for it",
          c->name, c->seq);
-  if (in && in->pend.call == c) in->pend.call = NULL;
+  if (in && in->co) {
+    in->ignored = wf_xrealloc(in->ignored, sizeof *in->ignored * (in->nignored + 1));
+    in->ignored[in->nignored++] = c->seq;
+    wf_engine_ready(h, in);
+  }
   return NULL;
 }
 
 void wf_engine_call_done(wf_host *h, wf_call *c, wf_outcome_rec *o) {
-  wf_instance *in = waiting_on(h, c);
-  if (!in) {
+  wf_instance *in;
+  wf_pend *p = waiting_on(h, c, &in);
+  if (!p) {
     wf_outcome_free(o);
     return;
   }
-  in->pend.call = NULL;
-  in->pend.has_result = 1;
-  wf_outcome_free(&in->pend.out);
-  in->pend.out = *o;
+  p->call = NULL;
+  p->has_result = 1;
+  wf_outcome_free(&p->out);
+  p->out = *o;
   wf_engine_ready(h, in);
 }
 
 void wf_engine_call_timeout(wf_host *h, wf_call *c) {
-  wf_instance *in = waiting_on(h, c);
-  if (!in) return;
-  in->pend.call = NULL;
-  in->pend.timed_out = 1;
+  wf_instance *in;
+  wf_pend *p = waiting_on(h, c, &in);
+  if (!p) return;
+  p->call = NULL;
+  p->timed_out = 1;
   wf_action_abandon(h, c);
   wf_engine_ready(h, in);
 }

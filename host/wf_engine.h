@@ -35,8 +35,8 @@ typedef enum {
 const char *wf_status_name(wf_status s);
 int wf_status_final(wf_status s);
 
-/* What a parked instance waits on: at most one command, since a coroutine runs one thing at a
- * time. */
+/* What a parked instance waits on: one command per thread (the main one, and the branches of
+ * ctx:all / ctx:any). */
 typedef enum { WF_PEND_NONE, WF_PEND_ACTION, WF_PEND_WAIT, WF_PEND_SLEEP } wf_pend_kind;
 
 /* An unconsumed event in an instance's inbox (a copy of the durable row). */
@@ -51,8 +51,8 @@ typedef struct wf_event {
 typedef struct wf_instance wf_instance;
 typedef struct wf_action wf_action;
 
-/* An action call in flight. seq is -1 once the host stopped waiting for it (timed out, the
- * instance cancelled): its completion is dropped. */
+/* An action call in flight. Once the host stopped waiting for it (timed out, its branch
+ * cancelled, the instance ended) it is abandoned: its completion is then dropped. */
 struct wf_call {
   wf_host *host;        /* NULL once the host closed: the completion is then dropped */
   char *instance_id;
@@ -64,6 +64,7 @@ struct wf_call {
   int64_t deadline;
   size_t dl_idx;        /* its place in the host's deadline heap, or (size_t)-1 */
   int held;             /* wf_call_hold(): drain does not wait for it */
+  int abandoned;        /* the host stopped waiting (timed out, withdrawn): its outcome is ignored */
   wf_abandon_fn abandon;
   void *abandon_ud;
   /* A blocking action runs on a worker thread; its completion is kept here until the loop
@@ -90,6 +91,43 @@ typedef struct wf_outcome_rec {
   int64_t retry_after;  /* -1: none */
 } wf_outcome_rec;
 
+/* A command an instance waits on. */
+typedef struct wf_pend {
+  struct wf_pend *next;
+  wf_pend_kind kind;
+  int64_t seq;
+  char *name;       /* action name, or event names joined with '|' */
+  char *params;     /* action params (JSON) */
+  int64_t due;      /* sleep end or wait timeout, 0 if none; for an action, the attempt's
+                       deadline while in flight, the retry's time while backing off */
+  wf_call *call;    /* the action call in flight, if any */
+  int has_result;   /* an action outcome arrived and awaits delivery */
+  wf_outcome_rec out;
+  int dispatch;     /* the action must be (re)invoked after the next commit */
+  /* An action step's retry state (wf_attempt.c). */
+  int attempt;      /* the attempt in flight, or the next one while backing off */
+  int round_base;   /* attempts made before an operator's `wfhost retry` */
+  int backing_off;  /* waiting for due to start the next attempt */
+  int probe;        /* the attempt in flight is its breaker's half-open probe */
+  int64_t first_at; /* when the step (or the operator's retry) began: the total timeout's base */
+  wf_retry_policy pol;   /* the effective policy (non_retryable in nonretry) */
+  char *nonretry;
+  char *key;        /* the workflow's idempotency key, or NULL for "<id>:<seq>" */
+  char *brk_key;    /* the breaker key taken from the params, or NULL */
+  unsigned flags;   /* WF_ACTION_* of the action */
+  struct wf_action *action; /* the registration that serves it (kept until the host closes) */
+  char *last_type;  /* the last failure, the cause when attempts run out */
+  char *last_msg;
+  char *last_fail;  /* ... as journaled (JSON) */
+  int timed_out;    /* the call in flight passed its deadline */
+  int64_t started_at; /* when the attempt in flight was invoked */
+  int final;        /* the step ended: 1 with a result, 2 with an error (final_json), which the
+                       workflow receives when it next takes an outcome */
+  char *final_json;
+  int replay;       /* issued while replaying, its outcome in the history: nothing is armed */
+} wf_pend;
+
+
 struct wf_instance {
   char *id;
   char *workflow;
@@ -114,36 +152,17 @@ struct wf_instance {
   int64_t replay_max_seq;
   int replaying;
 
-  /* The command the instance is blocked on. */
-  struct {
-    wf_pend_kind kind;
-    int64_t seq;
-    char *name;       /* action name, or event names joined with '|' */
-    char *params;     /* action params (JSON) */
-    int64_t due;      /* sleep end or wait timeout, 0 if none; for an action, the attempt's
-                         deadline while in flight, the retry's time while backing off */
-    wf_call *call;    /* the action call in flight, if any */
-    int has_result;   /* an action outcome arrived and awaits delivery */
-    wf_outcome_rec out;
-    int dispatch;     /* the action must be (re)invoked after the next commit */
-    /* An action step's retry state (wf_attempt.c). */
-    int attempt;      /* the attempt in flight, or the next one while backing off */
-    int round_base;   /* attempts made before an operator's `wfhost retry` */
-    int backing_off;  /* waiting for due to start the next attempt */
-    int probe;        /* the attempt in flight is its breaker's half-open probe */
-    int64_t first_at; /* when the step (or the operator's retry) began: the total timeout's base */
-    wf_retry_policy pol;   /* the effective policy (non_retryable in nonretry) */
-    char *nonretry;
-    char *key;        /* the workflow's idempotency key, or NULL for "<id>:<seq>" */
-    char *brk_key;    /* the breaker key taken from the params, or NULL */
-    unsigned flags;   /* WF_ACTION_* of the action */
-    struct wf_action *action; /* the registration that serves it (kept until the host closes) */
-    char *last_type;  /* the last failure, the cause when attempts run out */
-    char *last_msg;
-    char *last_fail;  /* ... as journaled (JSON) */
-    int timed_out;    /* the call in flight passed its deadline */
-    int64_t started_at; /* when the attempt in flight was invoked */
-  } pend;
+  /* The commands the instance waits on, in the order they were issued. */
+  wf_pend *pends;
+  size_t npends;
+  int64_t rp;        /* replay: the history index of the next outcome to deliver */
+  char *saga_msg;    /* the main thread failed (or was cancelled) with this error, and the
+                        compensations it registered run in a new main thread */
+  int saga_cancel;
+  int64_t fast_seq;  /* the main thread issued this command and blocks in the same yield: its
+                        seq goes first in the values it is resumed with */
+  int64_t *ignored;  /* seqs of withdrawn calls whose outcome arrived: journaled as ignored */
+  size_t nignored;
 
   wf_event *inbox;
   wf_event **inbox_tail;
@@ -257,6 +276,7 @@ struct wf_host {
   int mem_enforce;      /* refuse allocations past the limit (only while workflow code runs) */
   wf_instance *current; /* the instance whose coroutine is running */
   int trip;             /* 0, or why the running coroutine must stop: 1 budget, 2 memory */
+  char trip_msg[600];   /* ... and the error it stops with */
   int reclaim;          /* a coroutine died of the memory limit: run a full collection */
 
   /* loop */
@@ -400,7 +420,13 @@ void wf_engine_stop(wf_host *h);
 /* Makes ready now what is due: instances whose timers fell due (a clock may jump, as a
  * virtual one does) and requests other handles wrote to the database. */
 void wf_engine_poll(wf_host *h, int look);
-void wf_instance_free_pend(wf_instance *in);
+/* The instance's pending commands: added at the end (in issue order), found by seq, removed
+ * (freed; a call in flight must have been dealt with). */
+wf_pend *wf_pend_add(wf_instance *in, wf_pend_kind kind, int64_t seq);
+wf_pend *wf_pend_find(wf_instance *in, int64_t seq);
+void wf_pend_remove(wf_instance *in, wf_pend *p);
+/* Ends every pending command: calls in flight are abandoned (their outcomes dropped). */
+void wf_pend_clear(wf_host *h, wf_instance *in);
 /* Frees an instance that is not (or no longer) in the instance table. */
 void wf_instance_release(wf_host *h, wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
@@ -430,7 +456,7 @@ wf_action *wf_action_find(wf_host *h, const char *name);
  * defaults). Either output may be NULL. */
 void wf_action_policy_of(wf_host *h, const char *name, wf_retry_policy *r, wf_breaker_policy *b);
 void wf_action_register_builtins(wf_host *h);
-void wf_action_dispatch(wf_host *h, wf_instance *in);
+void wf_action_dispatch(wf_host *h, wf_instance *in, wf_pend *p);
 /* Times out the calls past their deadline; *next (may be NULL) gets the earliest deadline
  * left, or 0. */
 void wf_action_expire(wf_host *h, int64_t *next);
@@ -467,24 +493,25 @@ typedef struct wf_call_opts {
  * stack, or 0. Returns -1 with a message in err if the result is not a valid policy. */
 int wf_attempt_opts(wf_action *a, lua_State *co, int idx, wf_call_opts *o, char *err, size_t n);
 void wf_call_opts_free(wf_call_opts *o);
-/* The workflow calls an action at seq (live): journals it and starts attempt 1. Takes params
- * and o's strings. Returns -1 (parked), or the values pushed to resume with. */
-int wf_attempt_call(wf_host *h, wf_instance *in, int64_t seq, const char *name, char *params, wf_call_opts *o);
-/* The action step at seq is at the replay frontier: rebuilds its retry state from the
- * history and carries on. */
-int wf_attempt_rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *cmd, wf_call_opts *o);
-/* A parked action step: delivers a final outcome (returns the values pushed to resume with),
- * or handles a timeout / retry time / failure and stays parked (0), or ended it (-1). */
-int wf_attempt_deliver(wf_host *h, wf_instance *in);
-/* The call in flight ends because the instance is cancelled. */
-void wf_attempt_cancel(wf_host *h, wf_instance *in);
+/* The workflow calls an action (live, p new): journals it and starts attempt 1. Takes params
+ * and o's strings. Returns -1, or 0 if the step already ended (the outcome waits in p). */
+int wf_attempt_call(wf_host *h, wf_instance *in, wf_pend *p, const char *name, char *params, wf_call_opts *o);
+/* The action step p was pending when the instance was last in memory: rebuilds its retry
+ * state from the history and carries on. Returns as wf_attempt_call. */
+int wf_attempt_rearm(wf_host *h, wf_instance *in, wf_pend *p, const wf_history_entry *cmd, wf_call_opts *o);
+/* A parked action step: journals and pushes its final outcome (returns the number of values),
+ * or handles a timeout / retry time / failure and stays parked (0), or the instance ended
+ * (-1, suspended). */
+int wf_attempt_deliver(wf_host *h, wf_instance *in, wf_pend *p);
+/* The call in flight (if any) ends because its thread or the instance is cancelled. */
+void wf_attempt_cancel(wf_host *h, wf_instance *in, wf_pend *p);
 /* Journals an entry of the step at seq and tells the observer. */
 void wf_attempt_journal(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                         const char *data);
 void wf_attempt_observe(wf_host *h, const char *kind, const char *instance, int64_t seq, const char *action,
                         const char *data);
 /* The waiting_for text of an action step. */
-void wf_attempt_describe(const wf_instance *in, char *buf, size_t n);
+void wf_attempt_describe(const wf_pend *p, char *buf, size_t n);
 
 /* ---- wf_http.c ---- */
 /* Registers the built-in action http.request. */

@@ -62,6 +62,13 @@ static void kill_hook(lua_State *L, lua_Debug *ar) {
   wf_host *h = host_of(L);
   if (!h->trip) h->trip = 1;
   lua_sethook(L, kill_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  /* A branch thread went over: the instance's main thread, which runs it, stops too. */
+  if (h->current && h->current->co && h->current->co != L)
+    lua_sethook(h->current->co, kill_hook, LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  if (h->trip_msg[0]) { /* the same words wherever it stops next (the main thread after a branch) */
+    lua_pushstring(L, h->trip_msg);
+    lua_error(L);
+  }
   char msg[200]; /* lua_pushfstring knows no %zu or %lld */
   if (h->trip == 2) {
     h->mem_enforce = 0; /* room to build the message */
@@ -81,6 +88,7 @@ static void kill_hook(lua_State *L, lua_Debug *ar) {
   else luaL_where(L, 0);
   lua_pushstring(L, msg);
   lua_concat(L, 2);
+  snprintf(h->trip_msg, sizeof h->trip_msg, "%s", lua_tostring(L, -1));
   lua_error(L);
 }
 
@@ -204,6 +212,7 @@ static int run_file(wf_host *h, lua_State *L, const char *path, const char *arg)
   if (main_thread) {
     wf_lua_arm_budget(h, L);
     h->trip = 0;
+    h->trip_msg[0] = 0;
     h->mem_enforce = 1;
   }
   rc = lua_pcall(L, nargs, 1, 0);

@@ -27,9 +27,22 @@ static int is_command(const char *k) {
 static int is_immediate(const char *k) {
   return !strcmp(k, "now") || !strcmp(k, "random") || !strcmp(k, "uuid");
 }
-static int is_outcome(const char *k) {
+/* Outcomes the instance's threads receive, in the order the journal has them: "cancel" (at
+ * seq 0) is the instance's cancellation reaching it ("cancelled" at a command's seq is how
+ * histories written before parallel branches recorded it; at seq 0 it is the final status). */
+static int is_delivered(const wf_history_entry *e) {
+  const char *k = e->kind;
   return !strcmp(k, "action_result") || !strcmp(k, "action_error") || !strcmp(k, "event") ||
-         !strcmp(k, "timeout") || !strcmp(k, "timer_fired") || !strcmp(k, "cancelled");
+         !strcmp(k, "timeout") || !strcmp(k, "timer_fired") || !strcmp(k, "cancel") ||
+         (!strcmp(k, "cancelled") && e->seq > 0);
+}
+/* What ends a command: its outcome, or its withdrawal by a cancelled thread. */
+static int is_outcome(const wf_history_entry *e) { return is_delivered(e) || !strcmp(e->kind, "withdrawn"); }
+
+/* The next outcome in the history, in delivery order (its index), or -1. */
+static int64_t next_recorded(wf_instance *in) {
+  while (in->rp < (int64_t)in->nhist && !is_delivered(&in->hist[in->rp])) in->rp++;
+  return in->rp < (int64_t)in->nhist ? in->rp : -1;
 }
 
 /* Reads "due":N from a wait or sleep entry's data, which the driver wrote itself. */
@@ -66,7 +79,11 @@ void wf_step_drop_coroutine(wf_host *h, wf_instance *in) {
     wf_event_free(ev);
   }
   in->inbox_tail = &in->inbox;
-  if (!in->pend.call) wf_instance_free_pend(in);
+  wf_pend_clear(h, in);
+  free(in->saga_msg);
+  in->saga_msg = NULL;
+  in->fast_seq = 0;
+  in->nignored = 0;
 }
 
 /* ---- finishing ---------------------------------------------------------------------- */
@@ -109,8 +126,9 @@ static void end_instance(wf_host *h, wf_instance *in, wf_status st, const char *
   in->error = error;
   in->row_dirty = 1;
   wf_engine_history(h, in, 0, kind, NULL, data);
-  if (in->pend.kind != WF_PEND_NONE && in->pend.due)
-    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, in->pend.seq));
+  for (wf_pend *p = in->pends; p; p = p->next) /* branches left behind */
+    if (!p->replay && (p->due || p->kind == WF_PEND_ACTION))
+      wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, p->seq));
   wf_step_drop_coroutine(h, in);
 }
 
@@ -196,11 +214,25 @@ static char *error_text(wf_host *h, wf_instance *in, int rc, int *is_cancel) {
       *is_cancel = code && !strcmp(code, "cancelled") && in->cancel_delivered;
     }
     lua_pop(L, 1);
+    lua_pushvalue(L, -1);
     if (wf_lua_callmod(h, "describe_error", 1, 1) != 0) {}
     snprintf(head, sizeof head, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
     lua_pop(L, 1);
+    /* An error a branch raised and ctx:all passed on: where the branch raised it. */
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_insert(L, -2);
+    const char *tb = wf_lua_callmod(h, "branch_traceback", 2, 1) == 0 ? lua_tostring(L, -1) : NULL;
+    if (tb) {
+      lua_pushstring(L, head);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    } else {
+      lua_pop(L, 1);
+    }
+    if (!tb) luaL_traceback(L, co, head, 0);
   }
-  luaL_traceback(L, co, head, 0);
+  if (rc == LUA_ERRMEM) luaL_traceback(L, co, head, 0);
   /* Drop the host's own frames from the traceback (never the message): a reader wants the
    * workflow's lines. */
   const char *tb = lua_tostring(L, -1);
@@ -245,25 +277,128 @@ static void dry_finish(wf_host *h, wf_instance *in, int rc) {
   wf_step_drop_coroutine(h, in);
 }
 
+/* The error that ended the main thread was ctx:complete unwinding: pushes the value (JSON) on
+ * h->L and returns 1; or an error encoding it (pushed, returns -1); or 0. */
+static int completion(wf_host *h, wf_instance *in) {
+  lua_State *L = h->L;
+  lua_pushthread(in->co);
+  lua_xmove(in->co, L, 1);
+  lua_pushvalue(in->co, -1);
+  lua_xmove(in->co, L, 1);
+  if (wf_lua_callmod(h, "completion", 2, 1) != 0) return -1;
+  if (lua_isstring(L, -1)) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* The main thread ended with an error (msg) and the workflow registered compensations: runs
+ * them in a new main thread. Returns 1 if it did. */
+static int start_saga(wf_host *h, wf_instance *in, const char *msg, int is_cancel) {
+  lua_State *L = h->L;
+  lua_pushthread(in->co);
+  lua_xmove(in->co, L, 1);
+  lua_pushstring(L, msg);
+  if (wf_lua_callmod(h, "saga", 2, 1) != 0 || !lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_State *co = lua_newthread(L);
+  lua_insert(L, -2);
+  lua_xmove(L, co, 1);
+  luaL_unref(L, LUA_REGISTRYINDEX, in->co_ref);
+  in->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  in->co = co;
+  in->saga_msg = wf_strdup(msg);
+  in->saga_cancel = is_cancel;
+  wf_log(h, WF_LOG_INFO, in->id, NULL, "%s: running compensations", is_cancel ? "cancelled" : "failed");
+  run(h, in, 0);
+  return 1;
+}
+
+/* The compensations ran: the instance ends failed or cancelled with the original error. */
+static void finish_saga(wf_host *h, wf_instance *in, int rc) {
+  char *msg = in->saga_msg;
+  int cancel = in->saga_cancel;
+  in->saga_msg = NULL;
+  if (rc != LUA_OK) { /* only the host's own code runs outside the compensations' pcalls */
+    int ignore;
+    char *why = error_text(h, in, rc, &ignore);
+    size_t n = strlen(msg) + strlen(why) + 64;
+    char *both = wf_xmalloc(n);
+    snprintf(both, n, "%s\n(compensating: %s)", msg, why);
+    free(msg);
+    free(why);
+    msg = both;
+  }
+  wf_status st = cancel ? WF_ST_CANCELLED : WF_ST_FAILED;
+  if (in->dry) {
+    if (in->dry_status != st && !in->dry_report) {
+      char buf[1400];
+      snprintf(buf, sizeof buf, "history has the instance %s after step %" PRId64 ", the code now %s: %.1000s",
+               wf_status_name(in->dry_status), in->seq, cancel ? "is cancelled" : "fails", msg);
+      in->dry_report = wf_strdup(buf);
+    }
+    in->dry_done = 1;
+    wf_step_drop_coroutine(h, in);
+  } else if (in->replaying && (in->seq < in->replay_max_seq || next_recorded(in) >= 0)) {
+    diverged(h, in, in->seq + 1, "ends its compensations");
+  } else if (cancel) {
+    wf_log(h, WF_LOG_INFO, in->id, NULL, "cancelled (compensated)");
+    end_instance(h, in, WF_ST_CANCELLED, "cancelled", NULL, msg);
+    return;
+  } else {
+    fail_with(h, in, msg);
+  }
+  free(msg);
+}
+
 static void finish(wf_host *h, wf_instance *in, int rc) {
   lua_State *co = in->co;
-  if (in->replaying && in->seq < in->replay_max_seq) {
+  if (in->saga_msg) {
+    finish_saga(h, in, rc);
+    return;
+  }
+  char *out = NULL;
+  if (rc == LUA_OK) {
+    out = wf_strdup(lua_tostring(co, -1));
+  } else if (rc != LUA_ERRMEM && !h->trip) {
+    int c = completion(h, in);
+    if (c != 0) { /* ctx:complete: the value, or why it cannot be stored */
+      out = wf_strdup(lua_tostring(h->L, -1));
+      lua_pop(h->L, 1);
+      if (c < 0) {
+        fail_with(h, in, out);
+        free(out);
+        return;
+      }
+      rc = LUA_OK;
+    } else if (!in->dry || in->dry_status != WF_ST_COMPLETED) {
+      int is_cancel;
+      char *msg = error_text(h, in, rc, &is_cancel);
+      int started = start_saga(h, in, msg, is_cancel);
+      free(msg);
+      if (started) return;
+    }
+  }
+  if (in->replaying && (in->seq < in->replay_max_seq || next_recorded(in) >= 0)) {
     diverged(h, in, in->seq + 1, rc == LUA_OK ? "returns" : "raises an error");
+    free(out);
     return;
   }
   if (in->dry) {
     dry_finish(h, in, rc);
+    free(out);
     return;
   }
   in->replaying = 0;
   if (rc == LUA_OK) {
-    size_t len;
-    const char *out = lua_tolstring(co, -1, &len);
+    size_t len = strlen(out);
     if (len > h->cfg.max_payload) {
       char msg[200];
       snprintf(msg, sizeof msg, "the workflow's output is %zu bytes; the limit is %zu (config max_payload)",
                len, h->cfg.max_payload);
       fail_with(h, in, msg);
+      free(out);
       return;
     }
     if (sync_data(h, in) != 0) {
@@ -271,10 +406,11 @@ static void finish(wf_host *h, wf_instance *in, int rc) {
       lua_pop(h->L, 1);
       fail_with(h, in, m);
       free(m);
+      free(out);
       return;
     }
     free(in->output);
-    in->output = wf_strdup(out);
+    in->output = out;
     wf_log(h, WF_LOG_INFO, in->id, NULL, "completed");
     end_instance(h, in, WF_ST_COMPLETED, "completed", in->output, NULL);
     return;
@@ -293,14 +429,6 @@ static void finish(wf_host *h, wf_instance *in, int rc) {
 }
 
 /* ---- commands ----------------------------------------------------------------------- */
-
-static void set_pend(wf_instance *in, wf_pend_kind kind, int64_t seq, const char *name, int64_t due) {
-  wf_instance_free_pend(in);
-  in->pend.kind = kind;
-  in->pend.seq = seq;
-  in->pend.name = wf_strdup(name);
-  in->pend.due = due;
-}
 
 /* An event as journaled and as resumed with: {"at":<arrival ms>,"data":<payload>}. */
 static char *event_record(const wf_event *ev) {
@@ -322,15 +450,6 @@ static int take_event(wf_host *h, wf_instance *in, int64_t seq, wf_event *ev, in
   free(rec);
   wf_event_free(ev);
   return 3;
-}
-
-/* Parks on a wait, or consumes a matching event from the inbox at once. */
-static int wait_or_take(wf_host *h, wf_instance *in, int64_t seq, const char *names, int64_t due) {
-  wf_event *ev = wf_inbox_take(in, names);
-  if (ev) return take_event(h, in, seq, ev, due);
-  set_pend(in, WF_PEND_WAIT, seq, names, due);
-  if (due) wf_engine_add_timer(h, in, seq, due);
-  return -1;
 }
 
 /* Pushes the recorded outcome of a replayed command; returns the number of values. */
@@ -371,25 +490,29 @@ static int not_registered(wf_host *h, wf_instance *in, const char *name) {
   return -1;
 }
 
-/* Re-arms the command at the replay frontier: journaled, no outcome yet. o: the policy of an
- * action's call. */
+/* Re-arms the command at seq, journaled with no outcome in the history: it was pending when
+ * the instance was last in memory. o: the policy of an action's call. Returns -1, or 0 if the
+ * instance was suspended. */
 static int rearm(wf_host *h, wf_instance *in, int64_t seq, const wf_history_entry *e, wf_call_opts *o) {
-  if (in->cancel_requested) {
-    /* Cancelled while not in memory: park on the command as it was, and let deliver() hand
-     * the cancellation over before any event is taken or any action invoked again. */
-    set_pend(in, !strcmp(e->kind, "action") ? WF_PEND_ACTION : !strcmp(e->kind, "wait") ? WF_PEND_WAIT : WF_PEND_SLEEP,
-             seq, e->name, strcmp(e->kind, "action") ? data_due(e->data_json) : 0);
+  int is_action = !strcmp(e->kind, "action");
+  wf_pend *p = wf_pend_add(in, is_action ? WF_PEND_ACTION : !strcmp(e->kind, "wait") ? WF_PEND_WAIT : WF_PEND_SLEEP, seq);
+  if (!is_action) p->due = data_due(e->data_json);
+  if (in->cancel_requested || in->dry) {
+    /* Cancelled while not in memory: the cancellation is handed over before any event is
+     * taken or any action invoked again. (A replay check arms nothing.) */
+    p->name = wf_strdup(e->name);
     return -1;
   }
-  if (!strcmp(e->kind, "action")) {
-    if (!o->action) return not_registered(h, in, e->name);
-    return wf_attempt_rearm(h, in, seq, e, o);
+  if (is_action) {
+    if (!o->action) {
+      wf_pend_remove(in, p);
+      return not_registered(h, in, e->name), 0;
+    }
+    wf_attempt_rearm(h, in, p, e, o);
+    return in->co ? -1 : 0;
   }
-  if (!strcmp(e->kind, "wait")) return wait_or_take(h, in, seq, e->name, data_due(e->data_json));
-  /* sleep */
-  int64_t due = data_due(e->data_json);
-  set_pend(in, WF_PEND_SLEEP, seq, NULL, due);
-  wf_engine_add_timer(h, in, seq, due);
+  p->name = wf_strdup(e->name);
+  if (p->due) wf_engine_add_timer(h, in, seq, p->due);
   return -1;
 }
 
@@ -399,13 +522,141 @@ static int raise_in(lua_State *co, const char *msg) {
   return 2;
 }
 
-/* Handles one yielded command; pops it and returns the number of values pushed to resume
- * with at once, or -1 if the instance parks. */
-static int command(wf_host *h, wf_instance *in, int nres) {
+/* The replay delivered every recorded outcome: what the instance waits on now is live. */
+static int replay_done(wf_host *h, wf_instance *in) {
+  for (wf_pend *p = in->pends; p; p = p->next)
+    if (p->replay) { /* the history has its outcome, the code never reached it */
+      diverged(h, in, p->seq, "waits for it, but the history gave its outcome to nothing");
+      return -1;
+    }
+  if (in->seq < in->replay_max_seq) {
+    diverged(h, in, in->seq + 1, "waits before it gets there");
+    return -1;
+  }
+  if (in->dry) { /* it reaches the steps it is blocked on: the history agrees */
+    in->dry_done = 1;
+    wf_step_drop_coroutine(h, in);
+    return -1;
+  }
+  in->replaying = 0;
+  return 0;
+}
+
+/* One pending command's outcome if it has one now: pushes (status, values...) and returns
+ * their number; 0 if none; -1 if the instance ended (suspended). */
+static int outcome_of(wf_host *h, wf_instance *in, wf_pend *p) {
+  lua_State *co = in->co;
+  switch (p->kind) {
+  case WF_PEND_ACTION:
+    return wf_attempt_deliver(h, in, p);
+  case WF_PEND_WAIT: {
+    wf_event *ev = wf_inbox_take(in, p->name);
+    if (ev) return take_event(h, in, p->seq, ev, p->due);
+    if (!p->due || p->due > wf_now(h)) return 0;
+    wf_engine_history(h, in, p->seq, "timeout", NULL, NULL);
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, p->seq));
+    lua_pushliteral(co, "timeout");
+    return 1;
+  }
+  case WF_PEND_SLEEP:
+    if (p->due > wf_now(h)) return 0;
+    wf_engine_history(h, in, p->seq, "timer_fired", NULL, NULL);
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, p->seq));
+    lua_pushliteral(co, "fired");
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* The next outcome for the instance's threads: pushes (seq, status, values...) and returns
+ * their number; 0 if nothing is ready (the instance parks); -1 if it ended. Replay delivers
+ * the recorded outcomes in journal order; live, the first ready command in issue order. */
+static int next_outcome(wf_host *h, wf_instance *in) {
+  lua_State *co = in->co;
+  if (in->replaying) {
+    int64_t i = next_recorded(in);
+    if (i >= 0) {
+      const wf_history_entry *e = &in->hist[i];
+      in->rp = i + 1;
+      if (!strcmp(e->kind, "cancel") || !strcmp(e->kind, "cancelled")) in->cancel_delivered = 1;
+      if (e->seq == 0) {
+        lua_pushinteger(co, 0);
+        lua_pushliteral(co, "cancelled");
+        return 2;
+      }
+      wf_pend *p = wf_pend_find(in, e->seq);
+      if (!p || !p->replay) {
+        diverged(h, in, e->seq, p ? "waits for it, but the history gave it no outcome" : "does not wait for it");
+        return -1;
+      }
+      wf_pend_remove(in, p);
+      lua_pushinteger(co, e->seq);
+      return push_recorded(co, e) + 1;
+    }
+    if (replay_done(h, in) != 0) return -1;
+  }
+  if (in->cancel_requested) {
+    in->cancel_requested = 0;
+    in->cancel_delivered = 1;
+    wf_engine_history(h, in, 0, "cancel", NULL, NULL);
+    lua_pushinteger(co, 0);
+    lua_pushliteral(co, "cancelled");
+    return 2;
+  }
+  for (wf_pend *p = in->pends; p; p = p->next) {
+    int n = outcome_of(h, in, p);
+    if (n < 0 || !in->co) return -1;
+    if (n > 0) {
+      lua_pushinteger(co, p->seq);
+      lua_insert(co, -n - 1);
+      wf_pend_remove(in, p);
+      return n + 1;
+    }
+  }
+  return 0;
+}
+
+/* A thread of the instance was cancelled: it gives up the command at seq. */
+static void withdraw(wf_host *h, wf_instance *in, int64_t seq) {
+  wf_pend *p = wf_pend_find(in, seq);
+  if (!p) return;
+  if (p->replay) { /* the history says what happened to it: it must have been withdrawn */
+    const wf_history_entry *e = &in->hist[in->out_at[seq]];
+    if (strcmp(e->kind, "withdrawn") != 0)
+      diverged(h, in, seq, "cancels it, but the history delivered its outcome");
+    else
+      wf_pend_remove(in, p);
+    return;
+  }
+  wf_engine_history(h, in, seq, "withdrawn", p->name, NULL);
+  if (p->due || p->kind == WF_PEND_ACTION) /* a sleep, a timeout, a retry's backoff */
+    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
+  wf_attempt_cancel(h, in, p); /* a call in flight is abandoned: its outcome will be ignored */
+  wf_pend_remove(in, p);
+}
+
+/* Handles one yield of the main thread (see wf_ctx.lua): a command, a block for the next
+ * outcome, or a withdrawal. Pops it and returns the number of values pushed to resume with at
+ * once, or -1 if the instance parks or ended. *delivered: an outcome is among them. */
+static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
   lua_State *co = in->co;
   char kind[16] = "";
   const char *k = lua_tostring(co, -nres);
   if (k) snprintf(kind, sizeof kind, "%s", k);
+  *delivered = 0;
+  if (!strcmp(kind, "block")) {
+    lua_pop(co, nres);
+    int n = next_outcome(h, in);
+    *delivered = n > 0;
+    return n > 0 ? n : -1;
+  }
+  if (!strcmp(kind, "withdraw")) {
+    int64_t seq = nres >= 2 ? lua_tointeger(co, -nres + 1) : 0;
+    lua_pop(co, nres);
+    withdraw(h, in, seq);
+    return in->co ? 0 : -1;
+  }
   char *name = nres >= 2 ? wf_strdup(lua_tostring(co, -nres + 1)) : NULL;
   /* The argument: JSON params (string) for an action, milliseconds for a sleep or a wait's
    * timeout (absent: no timeout). */
@@ -421,6 +672,7 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     argnum = lua_tointeger(co, -nres + 2);
     has_num = argnum >= 0;
   }
+  int issue_only = nres >= 5 && lua_type(co, -nres + 4) == LUA_TSTRING;
   /* An action's policy, with the workflow's per-call options (a table) over the action's. */
   wf_call_opts opts = {0};
   char operr[400] = "";
@@ -441,45 +693,40 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     goto done;
   }
 
-  if (in->replaying) {
-    if (seq <= in->replay_max_seq) {
-      if (in->cmd_at[seq] < 0) {
-        diverged(h, in, seq, describe_cmd(kind, name, buf, sizeof buf));
-        goto done;
-      }
-      const wf_history_entry *e = &in->hist[in->cmd_at[seq]];
-      int same = !strcmp(e->kind, kind) &&
-                 ((!e->name && !name) || (e->name && name && !strcmp(e->name, name)));
-      if (!same) {
-        char does[300];
-        snprintf(does, sizeof does, "%s", describe_cmd(kind, name, buf, sizeof buf));
-        snprintf(buf, sizeof buf, "calls %.280s", does);
-        diverged(h, in, seq, buf);
-        goto done;
-      }
-      if (in->out_at[seq] >= 0) {
-        const wf_history_entry *out = &in->hist[in->out_at[seq]];
-        if (!strcmp(out->kind, "cancelled")) in->cancel_delivered = 1;
+  if (in->replaying && seq <= in->replay_max_seq) {
+    if (in->cmd_at[seq] < 0) {
+      diverged(h, in, seq, describe_cmd(kind, name, buf, sizeof buf));
+      goto done;
+    }
+    const wf_history_entry *e = &in->hist[in->cmd_at[seq]];
+    int same = !strcmp(e->kind, kind) && ((!e->name && !name) || (e->name && name && !strcmp(e->name, name)));
+    if (!same) {
+      char does[300];
+      snprintf(does, sizeof does, "%s", describe_cmd(kind, name, buf, sizeof buf));
+      snprintf(buf, sizeof buf, "calls %.280s", does);
+      diverged(h, in, seq, buf);
+      goto done;
+    }
+    if (in->out_at[seq] >= 0) {
+      const wf_history_entry *out = &in->hist[in->out_at[seq]];
+      if (is_immediate(out->kind)) {
         n = push_recorded(co, out);
         goto done;
       }
-      if (in->dry) { /* it reaches the step it is blocked on: the history agrees */
-        in->dry_done = 1;
-        wf_step_drop_coroutine(h, in);
-        goto done;
-      }
-      in->replaying = 0;
+      /* Its outcome (or its withdrawal) comes in journal order. */
+      wf_pend_add(in, WF_PEND_NONE, seq)->replay = 1;
+    } else {
       if (bad_opts) { /* the code now passes options that make no valid policy */
         wf_step_suspend(h, in, "ctx.actions.%s(params, opts) at step %" PRId64 ": %s. Fix the workflow, then run "
                         "`wfhost retry %s`", name, seq, operr, in->id);
         goto done;
       }
-      n = rearm(h, in, seq, e, &opts);
-      goto done;
+      if (rearm(h, in, seq, e, &opts) == 0) goto done;
     }
-    in->replaying = 0;
-  }
-  if (in->dry) {
+  } else if (in->replaying && next_recorded(in) >= 0) {
+    diverged(h, in, seq, describe_cmd(kind, name, buf, sizeof buf));
+    goto done;
+  } else if (in->dry) {
     /* Past the end of the history: a divergence only if the history says it ended. */
     if (wf_status_final(in->dry_status) && !in->dry_report) {
       char does[300];
@@ -491,68 +738,97 @@ static int command(wf_host *h, wf_instance *in, int nres) {
     in->dry_done = 1;
     wf_step_drop_coroutine(h, in);
     goto done;
+  } else {
+    in->replaying = 0;
+    /* Live. */
+    int64_t now = wf_now(h);
+    if (!strcmp(kind, "action")) {
+      if (!action) {
+        not_registered(h, in, name);
+        goto done;
+      }
+      if (bad_opts) { /* the workflow's per-call options make no valid policy */
+        snprintf(buf, sizeof buf, "ctx.actions.%.80s(params, opts): %.200s", name, operr);
+        n = raise_in(co, buf);
+        in->seq--;
+        goto done;
+      }
+      if (arglen > h->cfg.max_payload) {
+        snprintf(buf, sizeof buf, "params of action '%s' are %zu bytes; the limit is %zu (config max_payload)",
+                 name, arglen, h->cfg.max_payload);
+        n = raise_in(co, buf);
+        in->seq--;
+        goto done;
+      }
+      wf_attempt_call(h, in, wf_pend_add(in, WF_PEND_ACTION, seq), name, arg, &opts);
+      arg = NULL;
+      if (!in->co) goto done;
+    } else if (!strcmp(kind, "wait")) {
+      int64_t due = has_num ? now + argnum : 0;
+      char data[96];
+      if (has_num) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
+      else snprintf(data, sizeof data, "{}");
+      wf_engine_history(h, in, seq, "wait", name, data);
+      wf_pend *p = wf_pend_add(in, WF_PEND_WAIT, seq);
+      p->name = name;
+      name = NULL;
+      p->due = due;
+      if (due) {
+        wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
+        wf_engine_add_timer(h, in, seq, due);
+      }
+    } else if (!strcmp(kind, "sleep")) {
+      int64_t ms = has_num ? argnum : 0;
+      int64_t due = now + ms;
+      char data[96];
+      snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", due, ms);
+      wf_engine_history(h, in, seq, "sleep", NULL, data);
+      wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
+      wf_pend_add(in, WF_PEND_SLEEP, seq)->due = due;
+      wf_engine_add_timer(h, in, seq, due);
+    } else if (!strcmp(kind, "now")) {
+      snprintf(buf, sizeof buf, "%" PRId64, now);
+      wf_engine_history(h, in, seq, "now", NULL, buf);
+      lua_pushliteral(co, "value");
+      lua_pushinteger(co, now);
+      n = 2;
+      goto done;
+    } else if (!strcmp(kind, "random")) {
+      double u = (double)(wf_rand64(h) >> 11) * 0x1.0p-53;
+      snprintf(buf, sizeof buf, "%.17g", u);
+      wf_engine_history(h, in, seq, "random", NULL, buf);
+      lua_pushliteral(co, "value");
+      lua_pushnumber(co, strtod(buf, NULL));
+      n = 2;
+      goto done;
+    } else { /* uuid */
+      char u[37];
+      wf_uuid(h->rng, u);
+      snprintf(buf, sizeof buf, "\"%s\"", u);
+      wf_engine_history(h, in, seq, "uuid", NULL, buf);
+      lua_pushliteral(co, "value");
+      lua_pushstring(co, u);
+      n = 2;
+      goto done;
+    }
   }
-
-  /* Live. */
-  int64_t now = wf_now(h);
-  if (!strcmp(kind, "action")) {
-    if (!action) {
-      not_registered(h, in, name);
-      goto done;
-    }
-    if (bad_opts) { /* the workflow's per-call options make no valid policy */
-      snprintf(buf, sizeof buf, "ctx.actions.%.80s(params, opts): %.200s", name, operr);
-      n = raise_in(co, buf);
-      in->seq--;
-      goto done;
-    }
-    if (arglen > h->cfg.max_payload) {
-      snprintf(buf, sizeof buf, "params of action '%s' are %zu bytes; the limit is %zu (config max_payload)",
-               name, arglen, h->cfg.max_payload);
-      n = raise_in(co, buf);
-      in->seq--;
-      goto done;
-    }
-    n = wf_attempt_call(h, in, seq, name, arg, &opts);
-    arg = NULL;
-  } else if (!strcmp(kind, "wait")) {
-    int64_t due = has_num ? now + argnum : 0;
-    char data[96];
-    if (has_num) snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"timeout_ms\":%" PRId64 "}", due, argnum);
-    else snprintf(data, sizeof data, "{}");
-    wf_engine_history(h, in, seq, "wait", name, data);
-    if (due) wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
-    n = wait_or_take(h, in, seq, name, due);
-  } else if (!strcmp(kind, "sleep")) {
-    int64_t ms = has_num ? argnum : 0;
-    int64_t due = now + ms;
-    char data[96];
-    snprintf(data, sizeof data, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", due, ms);
-    wf_engine_history(h, in, seq, "sleep", NULL, data);
-    wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
-    set_pend(in, WF_PEND_SLEEP, seq, NULL, due);
-    wf_engine_add_timer(h, in, seq, due);
-  } else if (!strcmp(kind, "now")) {
-    snprintf(buf, sizeof buf, "%" PRId64, now);
-    wf_engine_history(h, in, seq, "now", NULL, buf);
-    lua_pushliteral(co, "value");
-    lua_pushinteger(co, now);
+  /* The command is pending. */
+  if (issue_only) {
+    lua_pushliteral(co, "pending");
+    lua_pushinteger(co, seq);
     n = 2;
-  } else if (!strcmp(kind, "random")) {
-    double u = (double)(wf_rand64(h) >> 11) * 0x1.0p-53;
-    snprintf(buf, sizeof buf, "%.17g", u);
-    wf_engine_history(h, in, seq, "random", NULL, buf);
-    lua_pushliteral(co, "value");
-    lua_pushnumber(co, strtod(buf, NULL));
-    n = 2;
-  } else { /* uuid */
-    char u[37];
-    wf_uuid(h->rng, u);
-    snprintf(buf, sizeof buf, "\"%s\"", u);
-    wf_engine_history(h, in, seq, "uuid", NULL, buf);
-    lua_pushliteral(co, "value");
-    lua_pushstring(co, u);
-    n = 2;
+    goto done;
+  }
+  in->fast_seq = seq;
+  n = next_outcome(h, in);
+  if (n > 0) {
+    *delivered = 1;
+    lua_pushinteger(co, seq);
+    lua_insert(co, -n - 1);
+    in->fast_seq = 0;
+    n++;
+  } else {
+    n = -1;
   }
 done:
   wf_call_opts_free(&opts);
@@ -563,15 +839,23 @@ done:
 
 /* ---- the driver --------------------------------------------------------------------- */
 
+/* Running while an action is in flight; else waiting. */
+static wf_status park_status(const wf_instance *in) {
+  for (const wf_pend *p = in->pends; p; p = p->next)
+    if (p->kind == WF_PEND_ACTION && !p->backing_off) return WF_ST_RUNNING;
+  return WF_ST_WAITING;
+}
+
 static void run(wf_host *h, wf_instance *in, int nargs) {
-  int first = 1;
+  int first = 1, delivered = 0;
   h->trip = 0;
+  h->trip_msg[0] = 0;
   lua_State *co = in->co;
   for (;;) {
     int nres = 0;
-    /* The budget counts from one park to the next; while replaying it restarts at each
+    /* The budget counts from one wait to the next; while replaying it restarts at each
      * command, so that many recorded steps replayed in one go are not counted as one. */
-    if (!h->trip && (in->replaying || first)) wf_lua_arm_budget(h, co);
+    if (!h->trip && (in->replaying || first || delivered)) wf_lua_arm_budget(h, co);
     first = 0;
     h->current = in;
     h->mem_enforce = 1;
@@ -579,10 +863,10 @@ static void run(wf_host *h, wf_instance *in, int nargs) {
     h->mem_enforce = 0;
     h->current = NULL;
     if (rc == LUA_YIELD) {
-      nargs = command(h, in, nres);
+      nargs = command(h, in, nres, &delivered);
       if (nargs >= 0) continue;
       if (!in->co) return; /* suspended */
-      in->status = in->pend.kind == WF_PEND_ACTION && !in->pend.backing_off ? WF_ST_RUNNING : WF_ST_WAITING;
+      in->status = park_status(in);
       if (!in->replaying && sync_data(h, in) != 0) {
         char *m = wf_strdup(lua_tostring(h->L, -1));
         lua_pop(h->L, 1);
@@ -640,11 +924,12 @@ static int load_journal(wf_host *h, wf_instance *in) {
     if (is_command(e->kind)) {
       in->cmd_at[e->seq] = (int64_t)i;
       if (is_immediate(e->kind)) in->out_at[e->seq] = (int64_t)i;
-    } else if (is_outcome(e->kind)) {
+    } else if (is_outcome(e)) {
       in->out_at[e->seq] = (int64_t)i;
     }
   }
   in->replay_max_seq = max;
+  in->rp = 0;
   in->pos = in->nhist ? in->hist[in->nhist - 1].pos : 0;
   in->is_new = in->nhist == 0;
   return wf_engine_load_inbox(h, in);
@@ -768,65 +1053,31 @@ int wf_step_replay_check(wf_host *h, const char *id, char **report) {
   return WF_OK;
 }
 
-/* Delivers one outcome to a parked instance; returns 1 if it did (and ran the coroutine). */
+/* Hands the instance its next outcome, if one is ready; returns 1 if it did (and ran the
+ * coroutine). */
 static int deliver(wf_host *h, wf_instance *in) {
-  lua_State *co = in->co;
-  int64_t seq = in->pend.seq;
-  if (in->pend.kind == WF_PEND_NONE) return 0;
-  if (in->cancel_requested) {
-    in->cancel_requested = 0;
-    in->cancel_delivered = 1;
-    wf_engine_history(h, in, seq, "cancelled", NULL, NULL);
-    if (in->pend.due || in->pend.kind == WF_PEND_ACTION) /* a sleep, a timeout, a retry's backoff */
-      wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
-    wf_attempt_cancel(h, in); /* a call in flight is abandoned: its result will be ignored */
-    wf_instance_free_pend(in);
-    lua_pushliteral(co, "cancelled");
-    run(h, in, 1);
-    return 1;
+  int n = next_outcome(h, in);
+  if (n <= 0 || !in->co) return 0;
+  if (in->fast_seq) { /* the main thread's command: its own seq first */
+    lua_pushinteger(in->co, in->fast_seq);
+    lua_insert(in->co, -n - 1);
+    in->fast_seq = 0;
+    n++;
   }
-  int n = 0;
-  switch (in->pend.kind) {
-  case WF_PEND_ACTION:
-    n = wf_attempt_deliver(h, in);
-    if (n <= 0) return 0; /* parked still (a retry scheduled, an attempt started), or suspended */
-    break;
-  case WF_PEND_WAIT: {
-    int64_t due = in->pend.due;
-    wf_event *ev = wf_inbox_take(in, in->pend.name);
-    if (ev) {
-      n = take_event(h, in, seq, ev, due);
-      break;
-    }
-    if (!due || due > wf_now(h)) return 0;
-    wf_engine_history(h, in, seq, "timeout", NULL, NULL);
-    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
-    lua_pushliteral(co, "timeout");
-    n = 1;
-    break;
-  }
-  case WF_PEND_SLEEP:
-    if (in->pend.due > wf_now(h)) return 0;
-    wf_engine_history(h, in, seq, "timer_fired", NULL, NULL);
-    wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
-    lua_pushliteral(co, "fired");
-    n = 1;
-    break;
-  default:
-    return 0;
-  }
-  wf_instance_free_pend(in);
   run(h, in, n);
   return 1;
 }
 
 void wf_step_advance(wf_host *h, wf_instance *in) {
-  if (!in->co) {
-    if (in->pend.call) return; /* a call of a dropped coroutine is still out; wait for it */
-    build(h, in);
+  if (!in->co) build(h, in);
+  if (in->co && in->nignored) {
+    for (size_t i = 0; i < in->nignored; i++) wf_engine_history(h, in, in->ignored[i], "ignored", NULL, NULL);
+    in->nignored = 0;
   }
-  while (in->co && deliver(h, in)) {
+  while (in->co && !in->replaying && deliver(h, in)) {
   }
+  /* Parked: an attempt may have ended and its retry be waiting now, or the reverse. */
+  if (in->co && (in->status == WF_ST_RUNNING || in->status == WF_ST_WAITING)) in->status = park_status(in);
 }
 
 /* note(_, kind, ...): state labels and log lines of the running instance, recorded without
@@ -844,6 +1095,22 @@ int wf_step_note(lua_State *L) {
       in->row_dirty = 1;
     }
     if (!in->replaying) wf_engine_history(h, in, in->seq, "state", label, NULL);
+  } else if (!strcmp(kind, "compensation")) { /* a saga's progress: begin, done, failed, end */
+    if (!in->replaying) {
+      char *err = lua_isstring(L, 5) ? wf_json_quote(lua_tostring(L, 5)) : NULL;
+      char data[160];
+      snprintf(data, sizeof data, "{\"%s\":%lld%s", !strcmp(luaL_checkstring(L, 3), "begin") || !strcmp(lua_tostring(L, 3), "end") ? "count" : "index",
+               (long long)luaL_optinteger(L, 4, 0), err ? ",\"error\":" : "}");
+      size_t n = strlen(data) + (err ? strlen(err) : 0) + 2;
+      char *json = wf_xmalloc(n);
+      snprintf(json, n, "%s%s%s", data, err ? err : "", err ? "}" : "");
+      wf_engine_history(h, in, in->seq, "compensation", lua_tostring(L, 3), json);
+      free(json);
+      free(err);
+    }
+  } else if (!strcmp(kind, "arm")) { /* a branch thread runs after a wait: a fresh budget */
+    lua_State *t = lua_tothread(L, 3);
+    if (t && !h->trip) wf_lua_arm_budget(h, t);
   } else if (!strcmp(kind, "log") && !in->replaying) {
     wf_log(h, wf_log_level_parse(luaL_checkstring(L, 3)), in->id, lua_tostring(L, 5), "%s", luaL_checkstring(L, 4));
   }

@@ -231,13 +231,46 @@ function M.error_code(e)
 end
 
 ---------------------------------------------------------------------------------------------
--- Commands: the only place that yields to the C driver.
+-- Commands and threads: the only place that yields to the C driver.
+--
+-- An instance runs in one coroutine, its main thread; ctx:all and ctx:any add branch threads
+-- (Lua coroutines resumed by the scheduler below, which runs in the main thread: only it can
+-- yield to C). The yields to C:
+--   yield(kind, name, arg, opts)           issue a command and block until an outcome:
+--                                          (issued seq, delivered seq, status, values...)
+--   yield(kind, name, arg, opts, "issue")  issue without blocking: ("pending", seq)
+--   yield("block")                         the next outcome: (seq, status, values...)
+--   yield("withdraw", seq)                 a cancelled branch no longer waits for seq
+-- Commands that answer at once (now, random, uuid, and errors at issue) resume with
+-- (status, values...) instead. C delivers outcomes in the order it journals them, and replay
+-- delivers them in the same order, so branches interleave exactly as they did the first time.
+-- Seq 0 with status "cancelled" is the instance's cancellation.
 ---------------------------------------------------------------------------------------------
 local decode = M.decode
+local running, cocreate, coresume, costatus = coroutine.running, coroutine.create, coroutine.resume, coroutine.status
+local unpack, pack = table.unpack, table.pack
 
--- The workflow calls a ctx method, which calls `command`: error level 3 is the workflow line.
-local function command(kind, name, arg, opts)
-  local st, a, b, c = yield(kind, name, arg, opts)
+-- The error raised where a cancelled thread waits, and by ctx:complete to unwind.
+local Complete = { __metatable = false }
+
+-- thread (coroutine) -> its record: { S = instance scheduler, scope, main, shield = depth,
+-- wait = seq waited on, joining = scope, resume = packed values to resume with, done, ok,
+-- value, cancel = a cancellation not yet raised in it }
+--
+-- Cancellation (of the instance, or of a branch by ctx:all / ctx:any) is raised once in each
+-- thread it reaches: where the thread waits, or at its next command if it is running or
+-- shielded (ctx:shield). A thread may catch it and go on, to clean up.
+local threads = setmetatable({}, { __mode = "k" })
+
+local function check_cancel(T)
+  if T.cancel and T.shield == 0 then
+    T.cancel = nil
+    error(M.cancelled_error(), 0)
+  end
+end
+
+-- Turns a delivered (status, values...) into what the command returns or raises.
+local function outcome(name, st, a, b)
   if st == "value" then return a end
   if st == "json" then
     local ok, v = pcall(decode, a)
@@ -259,8 +292,188 @@ local function command(kind, name, arg, opts)
     error(new_error(e), 0)
   end
   if st == "cancelled" then error(M.cancelled_error(), 0) end
-  if st == "raise" then error(a, 3) end
+  if st == "raise" then error(a, 4) end
   error("wfhost: unexpected resume status " .. tostring(st))
+end
+
+-- The traceback part ("\nstack traceback:\n...") of where an error ended the coroutine co.
+local function frames(co)
+  local tb = debug.traceback(co, "", 0)
+  local at = sfind(tb, "\nstack traceback:", 1, true)
+  return at and tb:sub(at) or ""
+end
+
+local Sched = {}
+Sched.__index = Sched
+
+local function new_scope(parent) return { parent = parent, threads = {}, open = 0 } end
+
+local function new_sched()
+  local S = setmetatable({ waiting = {}, runq = {}, qhead = 1, nthreads = 0, saga = {} }, Sched)
+  S.root = new_scope(nil)
+  return S
+end
+
+function Sched:ready(T, ...)
+  T.resume = pack(...)
+  local q = self.runq
+  q[#q + 1] = T
+end
+
+-- Cancels every thread of a scope and of the scopes inside it. A thread waiting for a
+-- command gives the command up (unless shielded) and wakes with the cancellation.
+function Sched:cancel_scope(sc)
+  if sc.cancelled then return end
+  sc.cancelled = true
+  for i = 1, #sc.threads do
+    local T = sc.threads[i]
+    if not T.done then self:cancel_thread(T) end
+  end
+end
+
+function Sched:cancel_thread(T)
+  if T.joining then self:cancel_scope(T.joining) end
+  if T.wait and T.shield == 0 then
+    local seq = T.wait
+    self.waiting[seq], T.wait = nil, nil
+    yield("withdraw", seq)
+    if T.main then T.resume = pack("cancelled") else self:ready(T, "cancelled") end
+  else
+    T.cancel = true
+  end
+end
+
+-- Hands an outcome from C to the thread waiting for it.
+function Sched:route(seq, ...)
+  if seq == 0 then return self:cancel_scope(self.root) end
+  local T = self.waiting[seq]
+  if not T then return end -- withdrawn in the same step: C journals it as ignored
+  self.waiting[seq], T.wait = nil, nil
+  if T.main then T.resume = pack(...) else self:ready(T, ...) end
+end
+
+-- A thread finished: its scope may be complete now.
+function Sched:finished(T, ok, ...)
+  T.done, T.ok = true, ok
+  T.value = ok and (...) or (...)
+  self.nthreads = self.nthreads - 1
+  local sc = T.scope
+  sc.open = sc.open - 1
+  if sc.on_done then sc.on_done(T) end
+  local owner = sc.owner
+  if owner and owner.joining == sc and sc.settled and sc.open == 0 then
+    owner.joining = nil
+    if owner.main then owner.resume = pack("joined") else self:ready(owner, "joined") end
+  end
+end
+
+-- Resumes a branch thread until it waits (for a command or a join) or ends. Commands it
+-- issues go to C through this (main) thread at once.
+function Sched:step(T)
+  local args = T.resume
+  T.resume = nil
+  note(nil, "arm", T.co)
+  local r = pack(coresume(T.co, unpack(args, 1, args.n)))
+  while true do
+    if costatus(T.co) == "dead" then
+      if r[1] then self:finished(T, true, r[2]) else
+        local tb = self.branch_tb or setmetatable({}, { __mode = "k" })
+        self.branch_tb = tb
+        if type(r[2]) == "table" or type(r[2]) == "string" then tb[r[2]] = tb[r[2]] or frames(T.co) end
+        self:finished(T, false, r[2])
+      end
+      return
+    end
+    local req = r[2]
+    if req == "issue" then
+      r = pack(coresume(T.co, yield(r[3], r[4], r[5], r[6], "issue")))
+    elseif req == "withdraw" then
+      yield("withdraw", r[3])
+      r = pack(coresume(T.co))
+    else -- "wait" or "join": parked until route() or finished() makes it ready
+      return
+    end
+  end
+end
+
+-- Runs the instance's threads from the main thread until T (the main one) can go on.
+function Sched:run_main(T)
+  while T.resume == nil do
+    local q = self.runq
+    local B = q[self.qhead]
+    if B then
+      q[self.qhead] = nil
+      self.qhead = self.qhead + 1
+      self:step(B)
+    else
+      self.runq, self.qhead = {}, 1
+      self:route(yield("block"))
+    end
+  end
+  local args = T.resume
+  T.resume = nil
+  return unpack(args, 1, args.n)
+end
+
+-- Waits in thread T for the command issued at seq; returns (status, values...).
+function Sched:await(T, seq)
+  T.wait = seq
+  self.waiting[seq] = T
+  if T.main then return self:run_main(T) end
+  return yield("wait")
+end
+
+local function thread_of()
+  local co, is_main = running()
+  local T = threads[co]
+  if T == nil then -- the main thread of an instance: its record is made on its first command
+    if is_main then return nil end
+    T = { S = new_sched(), main = true, shield = 0, co = co }
+    T.scope = T.S.root
+    T.S.root.threads[1] = T
+    threads[co] = T
+  end
+  return T
+end
+
+-- The workflow calls a ctx method, which calls `command`.
+local function command(kind, name, arg, opts)
+  local T = thread_of()
+  if T == nil then error("ctx commands can only be used while a workflow runs", 3) end
+  local S = T.S
+  if S.complete then error(S.complete, 0) end
+  check_cancel(T)
+  if T.main and S.nthreads == 0 then -- the common case: one thread, one round trip
+    local issued, seq, st, a, b = yield(kind, name, arg, opts)
+    if mtype(issued) ~= "integer" then
+      local v, why = outcome(name, issued, seq, st) -- not tail calls: a raise names the workflow's line
+      return v, why
+    end
+    if seq == 0 then -- the instance is cancelled while it waits
+      S.root.cancelled = true
+      if T.shield > 0 then
+        T.cancel = true
+        st, a, b = S:await(T, issued)
+      else
+        yield("withdraw", issued)
+        st = "cancelled"
+      end
+    end
+    local v, why = outcome(name, st, a, b)
+    return v, why
+  end
+  local st, a, b
+  if T.main then
+    st, a, b = yield(kind, name, arg, opts, "issue")
+  else
+    st, a, b = yield("issue", kind, name, arg, opts)
+  end
+  if st ~= "pending" then
+    local v, why = outcome(name, st, a, b)
+    return v, why
+  end
+  local v, why = outcome(name, S:await(T, a))
+  return v, why
 end
 
 local function check_name(what, s, level)
@@ -392,6 +605,156 @@ function Ctx:state()
 end
 
 ---------------------------------------------------------------------------------------------
+-- Branches: ctx:all, ctx:any
+---------------------------------------------------------------------------------------------
+
+-- Starts one branch thread per function in a new scope under T's.
+local function spawn(T, fns, what)
+  local S = T.S
+  local sc = new_scope(T.scope)
+  sc.owner = T
+  for i = 1, #fns do
+    local f = fns[i]
+    local co = cocreate(function() return f() end)
+    local B = { S = S, scope = sc, shield = 0, co = co, index = i }
+    threads[co] = B
+    sc.threads[i] = B
+    sc.open = sc.open + 1
+    S.nthreads = S.nthreads + 1
+    S:ready(B)
+  end
+  return sc
+end
+
+local function check_fns(fns, what)
+  if type(fns) ~= "table" then error(sformat("%s expects a list of functions", what), 3) end
+  for i = 1, #fns do
+    if type(fns[i]) ~= "function" then
+      error(sformat("%s: branch %d is a %s, not a function", what, i, type(fns[i])), 3)
+    end
+  end
+end
+
+-- Waits in T until the scope settles (the condition set by the caller) and every thread in it
+-- has ended; a cancellation of T meanwhile cancels the scope.
+local function join(T, sc)
+  local S = T.S
+  if sc.open == 0 then return end
+  T.joining = sc
+  if T.main then S:run_main(T) else yield("join") end
+  T.joining = nil
+end
+
+function Ctx:all(fns)
+  check_fns(fns, "ctx:all")
+  local n = #fns
+  if n == 0 then return end
+  local T = thread_of()
+  if T.S.complete then error(T.S.complete, 0) end
+  check_cancel(T)
+  local sc = spawn(T, fns)
+  local failed
+  sc.settled = true
+  sc.on_done = function(B)
+    if not B.ok and not failed then
+      failed = B
+      T.S:cancel_scope(sc)
+    end
+  end
+  join(T, sc)
+  check_cancel(T)
+  if failed then error(failed.value, 0) end
+  local out = {}
+  for i = 1, n do out[i] = sc.threads[i].value end
+  return unpack(out, 1, n)
+end
+
+function Ctx:any(fns, opts)
+  check_fns(fns, "ctx:any")
+  local want, cancel = 1, true
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:any(fns, opts): opts must be a table", 2) end
+    if opts.n ~= nil then want = opts.n end
+    if opts.cancel ~= nil then cancel = opts.cancel end
+    if mtype(want) ~= "integer" or want < 1 then error("ctx:any(fns, opts): n must be a whole number >= 1", 2) end
+    if type(cancel) ~= "boolean" then error("ctx:any(fns, opts): cancel must be true or false", 2) end
+  end
+  local n = #fns
+  if want > n then
+    error(sformat("ctx:any: n = %d but there are only %d branches", want, n), 2)
+  end
+  local T = thread_of()
+  local S = T.S
+  if S.complete then error(S.complete, 0) end
+  check_cancel(T)
+  local sc = spawn(T, fns)
+  local winners, failures, nfail = {}, {}, 0
+  local function settle()
+    sc.settled = true
+    if cancel then S:cancel_scope(sc)
+    else -- the others run on in the background; the join waits for no one
+      sc.open = 0
+    end
+  end
+  sc.on_done = function(B)
+    if sc.settled then return end
+    if B.ok then
+      winners[#winners + 1] = { index = B.index, result = B.value }
+      if #winners == want then settle() end
+    else
+      nfail = nfail + 1
+      failures[#failures + 1] = B
+      if n - nfail < want then settle() end
+    end
+  end
+  if cancel then join(T, sc) else
+    if not sc.settled then join(T, sc) end
+  end
+  check_cancel(T)
+  if #winners < want then
+    local last = failures[#failures]
+    local e = new_error { code = "any_failed", retryable = false,
+      message = sformat("ctx:any needed %d branch%s to succeed, %d failed: %s", want, want == 1 and "" or "es",
+        nfail, M.describe_error(last and last.value)) }
+    e.errors = {}
+    for i = 1, #failures do e.errors[i] = { index = failures[i].index, error = failures[i].value } end
+    error(e, 0)
+  end
+  if want == 1 then return winners[1].index, winners[1].result end
+  return winners
+end
+
+-- Runs fn so that a cancellation does not interrupt it: commands inside wait for their outcome
+-- even when the instance or the branch is cancelled. A pending cancellation is raised after.
+function Ctx:shield(fn)
+  if type(fn) ~= "function" then error("ctx:shield(fn): fn must be a function", 2) end
+  local T = thread_of()
+  T.shield = T.shield + 1
+  local r = pack(pcall(fn))
+  T.shield = T.shield - 1
+  if not r[1] then error(r[2], 0) end
+  check_cancel(T)
+  return unpack(r, 2, r.n)
+end
+
+-- Registers a compensation: if the instance fails or is cancelled, the registered
+-- compensations run in reverse order (shielded) before it ends.
+function Ctx:compensate(fn)
+  if type(fn) ~= "function" then error("ctx:compensate(fn): fn must be a function", 2) end
+  local T = thread_of()
+  local saga = T.S.saga
+  saga[#saga + 1] = fn
+end
+
+-- Ends the instance successfully with value, at once: branches still running are cancelled,
+-- and no compensation runs.
+function Ctx:complete(value)
+  local T = thread_of()
+  T.S.complete = setmetatable({ value = value == nil and json.null or value }, Complete)
+  error(T.S.complete, 0)
+end
+
+---------------------------------------------------------------------------------------------
 -- workflow.define
 ---------------------------------------------------------------------------------------------
 local Definition = { __metatable = false }
@@ -417,14 +780,62 @@ end
 
 function M.is_definition(v) return rawgetmetatable(v) == Definition end
 
--- The body of every instance's coroutine. Returns the output as JSON.
+-- The body of every instance's coroutine. Returns the output as JSON. An error ends the
+-- coroutine; the C driver then asks `completion` (ctx:complete unwinding) and `saga` (the
+-- compensations to run) what comes next.
 function M.main(run, ctx, input_json)
+  local T = thread_of()
   local out = run(ctx, decode(input_json))
+  if T.S.complete then out = T.S.complete.value end
   local ok, s = pcall(json.encode, out == nil and json.null or out)
   if not ok then
     error("the workflow returned a value that cannot be stored as JSON: " .. s, 0)
   end
   return s
+end
+
+-- ctx:complete(value) unwound the instance: its value as JSON (raises if it cannot be encoded).
+function M.completion(co, err)
+  local T = threads[co]
+  if not (T and T.S.complete) then return nil end
+  local ok, s = pcall(json.encode, T.S.complete.value)
+  if not ok then error("ctx:complete(value): the value cannot be stored as JSON: " .. s, 0) end
+  return s
+end
+
+-- Where a branch's error was raised, when ctx:all / ctx:any passed it on to co.
+function M.branch_traceback(co, err)
+  local T = threads[co]
+  local tb = T and T.S.branch_tb
+  return tb and (type(err) == "table" or type(err) == "string") and tb[err] or nil
+end
+
+-- The compensations of the instance whose main thread co ended with an error, as a function
+-- to run in a new main thread, or nil if none were registered. It withdraws what the other
+-- threads wait on, then runs the compensations in reverse order, shielded, each to its end
+-- even if one fails, recording each outcome in the history.
+function M.saga(co, cause)
+  local T = threads[co]
+  if not T or #T.S.saga == 0 then return nil end
+  local S = T.S
+  return function()
+    local C = { S = S, main = true, shield = 1, scope = S.root, co = running() }
+    threads[C.co] = C
+    -- The other threads are left behind: what they wait on is withdrawn, in issue order.
+    local seqs = {}
+    for seq in next, S.waiting do seqs[#seqs + 1] = seq end
+    sort(seqs)
+    for i = 1, #seqs do yield("withdraw", seqs[i]) end
+    S.waiting, S.runq, S.qhead, S.nthreads = {}, {}, 1, 0
+    local saga = S.saga
+    S.saga = {}
+    note(nil, "compensation", "begin", #saga, cause)
+    for i = #saga, 1, -1 do
+      local ok, err = pcall(saga[i])
+      note(nil, "compensation", ok and "done" or "failed", i, ok and nil or M.describe_error(err))
+    end
+    note(nil, "compensation", "end", #saga)
+  end
 end
 
 -- ctx.data as JSON; raises a readable error if it holds something JSON cannot.

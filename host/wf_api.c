@@ -620,6 +620,20 @@ int wf_host_drain(wf_host *h) {
   return WF_OK;
 }
 
+int wf_host_step(wf_host *h, int *busy) {
+  *busy = 0;
+  int rc = wf_host_start(h);
+  if (rc != WF_OK) return rc;
+  wf_engine_poll(h, 0);
+  if (!wf_engine_busy(h)) {
+    wf_engine_poll(h, 1);
+    if (!wf_engine_busy(h)) return WF_OK;
+  }
+  uv_run(h->loop, UV_RUN_ONCE);
+  *busy = 1;
+  return WF_OK;
+}
+
 void wf_host_stop(wf_host *h) {
   if (h && h->cfg.mode == WF_MODE_HOST && h->loop) wf_engine_stop(h);
 }

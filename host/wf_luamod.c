@@ -447,6 +447,16 @@ static int l_drain(lua_State *L) {
   return 1;
 }
 
+/* h:step(): one turn of drain; true if it ran one, false if the host is idle. */
+static int l_step(lua_State *L) {
+  lhost *lh = check_host(L);
+  int busy;
+  int rc = wf_host_step(lh->h, &busy);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_pushboolean(L, busy);
+  return 1;
+}
+
 /* h:advance(ms): moves the virtual clock and runs what fell due. */
 static int l_advance(lua_State *L) {
   lhost *lh = check_host(L);
@@ -684,7 +694,7 @@ static int l_set_now(lua_State *L) {
 static const luaL_Reg host_methods[] = {
   {"load", l_load},       {"check", l_check},     {"register_action", l_register_action},
   {"start", l_start},     {"signal", l_signal},   {"cancel", l_cancel},
-  {"retry", l_retry},     {"drain", l_drain},     {"advance", l_advance},
+  {"retry", l_retry},     {"drain", l_drain},     {"step", l_step},     {"advance", l_advance},
   {"now", l_now},         {"get", l_get},         {"list", l_list},
   {"history", l_history}, {"close", l_close},     {"replay_check", l_replay_check},
   {"snapshot", l_snapshot}, {"next_timer", l_next_timer}, {"set_now", l_set_now},

@@ -423,6 +423,11 @@ int wf_host_run(wf_host *h);
  * batch programs. */
 int wf_host_drain(wf_host *h);
 
+/* One turn of wf_host_drain(): if work is ready, runs the loop once (about one batch: the work
+ * at hand, committed, its effects released) and sets *busy to 1; else sets it to 0. Lets a test
+ * stop the host between any two steps (to restart it, as a crash would). */
+int wf_host_step(wf_host *h, int *busy /* OUT */);
+
 /* The due time of the earliest timer the host has armed (*due), or WF_NOTFOUND if none. A timer
  * whose wait was satisfied meanwhile may still be listed; firing it does nothing. Lets a test
  * with a virtual clock step from timer to timer. */

@@ -309,15 +309,15 @@ Sched.__index = Sched
 local function new_scope(parent) return { parent = parent, threads = {}, open = 0 } end
 
 local function new_sched()
-  local S = setmetatable({ waiting = {}, runq = {}, qhead = 1, nthreads = 0, saga = {} }, Sched)
+  local S = setmetatable({ waiting = {}, runq = {}, qhead = 1, qtail = 0, nthreads = 0, saga = {} }, Sched)
   S.root = new_scope(nil)
   return S
 end
 
 function Sched:ready(T, ...)
   T.resume = pack(...)
-  local q = self.runq
-  q[#q + 1] = T
+  self.qtail = self.qtail + 1
+  self.runq[self.qtail] = T
 end
 
 -- Cancels every thread of a scope and of the scopes inside it. A thread waiting for a
@@ -406,7 +406,7 @@ function Sched:run_main(T)
       self.qhead = self.qhead + 1
       self:step(B)
     else
-      self.runq, self.qhead = {}, 1
+      self.runq, self.qhead, self.qtail = {}, 1, 0
       self:route(yield("block"))
     end
   end
@@ -826,7 +826,7 @@ function M.saga(co, cause)
     for seq in next, S.waiting do seqs[#seqs + 1] = seq end
     sort(seqs)
     for i = 1, #seqs do yield("withdraw", seqs[i]) end
-    S.waiting, S.runq, S.qhead, S.nthreads = {}, {}, 1, 0
+    S.waiting, S.runq, S.qhead, S.qtail, S.nthreads = {}, {}, 1, 0, 0
     local saga = S.saga
     S.saga = {}
     note(nil, "compensation", "begin", #saga, cause)

@@ -228,7 +228,7 @@ local function open(env)
       error("workflow.testing: " .. tostring(err), 3)
     end
   end
-  assert(h:drain())
+  if not env.restart_every_step then assert(h:drain()) end
 end
 
 -- wt.env { workflows = "workflows", actions = { name = fn }, plugins = { "x.so" },
@@ -239,6 +239,7 @@ function M.env(opts)
     db = tmpdb(), workflows = opts.workflows or "workflows", plugins = opts.plugins or {},
     clock = opts.now or 1700000000000, seed = opts.seed or 1, log_level = opts.log_level or "none",
     instruction_budget = opts.instruction_budget, memory_limit = opts.memory_limit, runs = {},
+    restart_every_step = opts.restart_every_step, restarts = 0,
   }, Env)
   env.t0 = env.clock
   local mocks = {}
@@ -272,9 +273,40 @@ function M.env(opts)
   return env
 end
 
--- Runs the workflows until nothing is ready (actions held by a mock stay held).
+-- Outcomes (and ends) journaled so far, across the env's instances: progress made.
+local progress_kinds = { action_result = true, action_error = true, event = true, timeout = true,
+  timer_fired = true, cancel = true, withdrawn = true, compensation = true, completed = true, failed = true,
+  cancelled = true, suspended = true }
+local function progress(env)
+  local n = 0
+  for _, info in ipairs(assert(env.h:list())) do
+    for _, e in ipairs(assert(env.h:history(info.id))) do
+      if progress_kinds[e.kind] then n = n + 1 end
+    end
+  end
+  return n
+end
+
+-- Runs the workflows until nothing is ready (actions held by a mock stay held). With
+-- restart_every_step, the host is restarted (a new host on the same database, as after a
+-- crash) after every step that journaled an outcome, and the work goes on there.
 function Env:settle()
-  assert(self.h:drain())
+  if not self.restart_every_step then
+    assert(self.h:drain())
+    return
+  end
+  local seen = progress(self)
+  while true do
+    local busy, err = self.h:step()
+    if busy == nil then error(err, 2) end
+    if not busy then return end
+    local now = progress(self)
+    if now > seen then
+      seen = now
+      self.restarts = self.restarts + 1
+      self:restart()
+    end
+  end
 end
 
 -- Starts an instance and runs until quiet; returns its run handle.
@@ -367,6 +399,74 @@ function Env:close()
   if self.h then self.h:close() end
   self.h = nil
   remove_db(self.db)
+end
+
+---------------------------------------------------------------------------------------------
+-- Restarts at every step
+---------------------------------------------------------------------------------------------
+
+-- How each instance ended: status, output, the first line of its error, and its commands in
+-- order (kind, name) -- what a crash must not change.
+local function deep_equal(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do if not deep_equal(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+local command_kinds = { action = true, wait = true, sleep = true, now = true, random = true, uuid = true }
+local function outcome_of(env)
+  local out = {}
+  for _, info in ipairs(assert(env.h:list())) do
+    local cmds = {}
+    for _, e in ipairs(assert(env.h:history(info.id))) do
+      if command_kinds[e.kind] and e.seq > #cmds then cmds[#cmds + 1] = e.kind .. " " .. tostring(e.name or "") end
+    end
+    out[info.id] = { status = info.status, output = info.output,
+      error = info.error and info.error:match("^[^\n]*"), commands = cmds }
+  end
+  return out
+end
+
+-- Runs scenario(env) on a fresh env made with opts, then again on one whose host restarts
+-- after every step that journaled an outcome, and fails unless every instance (give them ids)
+-- ends the same way with the same commands. Returns the first env's outcome by instance id.
+-- Assert on statuses and outputs inside the scenario: action spies count the attempts a
+-- restart repeats (actions are at-least-once).
+function M.check_restarts(opts, scenario)
+  local plain = {}
+  for k, v in pairs(opts or {}) do plain[k] = v end
+  local env = M.env(plain)
+  local ok, err = pcall(scenario, env)
+  local want = ok and outcome_of(env)
+  env:close()
+  if not ok then error(err, 0) end
+  local o2 = {}
+  for k, v in pairs(plain) do o2[k] = v end
+  o2.restart_every_step = true
+  local renv = M.env(o2)
+  ok, err = pcall(scenario, renv)
+  local got = ok and outcome_of(renv)
+  local restarts = renv.restarts
+  if not ok then
+    local t = {}
+    for _, info in ipairs(renv:instances()) do t[#t + 1] = renv:run(info.id):timeline() end
+    renv:close()
+    error(("with a restart at every step (%d restarts): %s\n%s"):format(restarts, tostring(err), table.concat(t, "\n")), 0)
+  end
+  renv:close()
+  if restarts == 0 then error("check_restarts: the scenario made no step to restart after", 2) end
+  for id, w in pairs(want) do
+    local g = got[id]
+    local same = g and g.status == w.status and deep_equal(g.output, w.output) and g.error == w.error
+      and table.concat(g.commands, "\n") == table.concat(w.commands, "\n")
+    if not same then
+      error(("instance %s ends differently with a restart at every step (%d restarts):\n  without: %s %s %s\n    %s\n  with:    %s %s %s\n    %s")
+        :format(id, restarts, w.status, tostring(w.output), tostring(w.error), table.concat(w.commands, ", "),
+          g and g.status, g and tostring(g.output), g and tostring(g.error), g and table.concat(g.commands, ", ") or ""), 2)
+    end
+  end
+  return want, restarts
 end
 
 ---------------------------------------------------------------------------------------------

@@ -370,8 +370,11 @@ typedef struct wf_history_entry {
   int64_t pos;     /* 1, 2, ... in journal order */
   int64_t seq;     /* the command this entry belongs to (0: the instance itself) */
   char *kind;      /* started, action, action_result, action_error, action_lost, wait, event,
-                      timeout, sleep, timer_fired, now, random, uuid, state, cancelled,
-                      completed, failed, suspended; for an action step's attempts: attempt,
+                      timeout, sleep, timer_fired, now, random, uuid, state, cancel (the
+                      instance's cancellation reaching it), withdrawn (a cancelled branch gave
+                      the command up), ignored (a result after that), compensation (a saga's
+                      progress: begin, done, failed, end), completed, failed, cancelled,
+                      suspended; for an action step's attempts: attempt,
                       attempt_failed, rejected, retry_scheduled, exhausted, outcome_unknown,
                       breaker (see "Observing actions") */
   char *name;      /* action or event name, or NULL */

@@ -423,14 +423,24 @@ function Sched:await(T, seq)
   return yield("wait")
 end
 
+-- An instance's main thread gets its scheduler when it first needs one (branches, a saga,
+-- ctx:complete): a workflow that runs one thing at a time never pays for it.
+local MainThread = { __index = function(T, k)
+  if k == "S" or k == "scope" then
+    local S = new_sched()
+    rawset(T, "S", S)
+    rawset(T, "scope", S.root)
+    S.root.threads[1] = T
+    return rawget(T, k)
+  end
+end }
+
 local function thread_of()
   local co, is_main = running()
   local T = threads[co]
   if T == nil then -- the main thread of an instance: its record is made on its first command
     if is_main then return nil end
-    T = { S = new_sched(), main = true, shield = 0, co = co }
-    T.scope = T.S.root
-    T.S.root.threads[1] = T
+    T = setmetatable({ main = true, shield = 0, co = co }, MainThread)
     threads[co] = T
   end
   return T
@@ -440,16 +450,17 @@ end
 local function command(kind, name, arg, opts)
   local T = thread_of()
   if T == nil then error("ctx commands can only be used while a workflow runs", 3) end
-  local S = T.S
-  if S.complete then error(S.complete, 0) end
-  check_cancel(T)
-  if T.main and S.nthreads == 0 then -- the common case: one thread, one round trip
+  local S = rawget(T, "S")
+  if S and S.complete then error(S.complete, 0) end
+  if rawget(T, "cancel") then check_cancel(T) end
+  if T.main and (S == nil or S.nthreads == 0) then -- the common case: one thread, one round trip
     local issued, seq, st, a, b = yield(kind, name, arg, opts)
     if mtype(issued) ~= "integer" then
       local v, why = outcome(name, issued, seq, st) -- not tail calls: a raise names the workflow's line
       return v, why
     end
     if seq == 0 then -- the instance is cancelled while it waits
+      S = T.S
       S.root.cancelled = true
       if T.shield > 0 then
         T.cancel = true
@@ -786,7 +797,8 @@ function M.is_definition(v) return rawgetmetatable(v) == Definition end
 function M.main(run, ctx, input_json)
   local T = thread_of()
   local out = run(ctx, decode(input_json))
-  if T.S.complete then out = T.S.complete.value end
+  local S = rawget(T, "S")
+  if S and S.complete then out = S.complete.value end
   local ok, s = pcall(json.encode, out == nil and json.null or out)
   if not ok then
     error("the workflow returned a value that cannot be stored as JSON: " .. s, 0)
@@ -797,8 +809,9 @@ end
 -- ctx:complete(value) unwound the instance: its value as JSON (raises if it cannot be encoded).
 function M.completion(co, err)
   local T = threads[co]
-  if not (T and T.S.complete) then return nil end
-  local ok, s = pcall(json.encode, T.S.complete.value)
+  local S = T and rawget(T, "S")
+  if not (S and S.complete) then return nil end
+  local ok, s = pcall(json.encode, S.complete.value)
   if not ok then error("ctx:complete(value): the value cannot be stored as JSON: " .. s, 0) end
   return s
 end
@@ -806,7 +819,7 @@ end
 -- Where a branch's error was raised, when ctx:all / ctx:any passed it on to co.
 function M.branch_traceback(co, err)
   local T = threads[co]
-  local tb = T and T.S.branch_tb
+  local tb = T and rawget(T, "S") and T.S.branch_tb
   return tb and (type(err) == "table" or type(err) == "string") and tb[err] or nil
 end
 
@@ -816,8 +829,8 @@ end
 -- even if one fails, recording each outcome in the history.
 function M.saga(co, cause)
   local T = threads[co]
-  if not T or #T.S.saga == 0 then return nil end
-  local S = T.S
+  local S = T and rawget(T, "S")
+  if not S or #S.saga == 0 then return nil end
   return function()
     local C = { S = S, main = true, shield = 1, scope = S.root, co = running() }
     threads[C.co] = C
@@ -829,10 +842,10 @@ function M.saga(co, cause)
     S.waiting, S.runq, S.qhead, S.qtail, S.nthreads = {}, {}, 1, 0, 0
     local saga = S.saga
     S.saga = {}
-    note(nil, "compensation", "begin", #saga, cause)
+    note(nil, "compensation", "begin", #saga, type(cause) == "string" and smatch(cause, "^[^\n]*") or nil)
     for i = #saga, 1, -1 do
       local ok, err = pcall(saga[i])
-      note(nil, "compensation", ok and "done" or "failed", i, ok and nil or M.describe_error(err))
+      note(nil, "compensation", ok and "done" or "failed", i, (not ok) and M.describe_error(err) or nil)
     end
     note(nil, "compensation", "end", #saga)
   end

@@ -188,6 +188,7 @@ describe("patterns #patterns", function()
       assert.spy(env.actions.cancel_car).was.not_called()
       local comp = kinds(run, "compensation")
       assert.are.same({ "begin", "done", "done", "end" }, { comp[1].name, comp[2].name, comp[3].name, comp[4].name })
+      assert.is_nil(comp[2].data.error)
       assert.matches("trip_booking.lua:%d+", run:error())
     end)
 

@@ -416,7 +416,13 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
     char msg[1024];
     msg[0] = 0;
     if (run_file(h, L, files[i], NULL) != 0) {
-      snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+      const char *m = lua_tostring(L, -1);
+      size_t plen = strlen(files[i]);
+      /* `return workflow.define {...}` is a tail call: its errors come without a line. */
+      if (m && !strncmp(m, files[i], plen) && !strncmp(m + plen, ": workflow.define", 17))
+        snprintf(msg, sizeof msg, "%s:%d%s", files[i], define_line(files[i]), m + plen);
+      else
+        snprintf(msg, sizeof msg, "%s", m);
       lua_pop(L, 1);
     } else {
       int def = lua_gettop(L);

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "test_util.h"
 #include "wfhost.h"
@@ -439,6 +440,57 @@ static void test_bad_input(void) {
   }
 }
 
+/* ---- the wake-up on the loop -------------------------------------------------------------- */
+
+/* A clock at real speed, put 300 ms before a minute: the host, left to its own loop
+ * (wf_host_run), must wake up for the firing by itself. */
+static int64_t clock_offset;
+static int64_t real_ms(void);
+static int64_t offset_clock(void *ud) {
+  (void)ud;
+  return real_ms() + clock_offset;
+}
+
+typedef struct watch {
+  wf_host *h;
+  const char *id;
+  int ticks;
+} watch;
+
+/* Stops the host once the instance completed, or after 30 s (then the check fails). */
+static void on_watch(uv_timer_t *t) {
+  watch *w = t->data;
+  if (!strcmp(test_status_of(w->h, w->id), "completed") || ++w->ticks > 600) {
+    uv_timer_stop(t);
+    wf_host_stop(w->h);
+  }
+}
+
+static void test_wakeup(void) {
+  fresh_db("wakeup");
+  int64_t r = real_ms();
+  clock_offset = (r / 60000 + 1) * 60000 - 300 - r;
+  wf_config cfg = base_cfg(WF_MODE_HOST);
+  cfg.clock = offset_clock;
+  wf_host *h = test_open_host(db, &cfg, wfdir);
+  CHECK(wf_schedule_add(h, "w", "job", "* * * * *", NULL, NULL) == WF_OK);
+  wf_schedule_info *s = schedule_of(h, "w");
+  char id[64] = "w@", iso[32];
+  time_t sec = (time_t)((s ? s->next_at : 0) / 1000);
+  strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", gmtime(&sec));
+  strcat(id, iso);
+  wf_schedules_free(s, 1);
+  watch w = {h, id, 0};
+  uv_timer_t t;
+  uv_timer_init(wf_host_loop(h), &t);
+  t.data = &w;
+  uv_timer_start(&t, on_watch, 50, 50);
+  CHECK(wf_host_run(h) == WF_OK);
+  uv_close((uv_handle_t *)&t, NULL);
+  CHECK(!strcmp(test_status_of(h, id), "completed"));
+  wf_host_close(h);
+}
+
 /* ---- kill -9 --------------------------------------------------------------------------- */
 
 /* In the kill test, one real millisecond is one virtual second: a schedule of every minute
@@ -552,6 +604,7 @@ int main(void) {
   test_definitions();
   test_clients();
   test_bad_input();
+  test_wakeup();
   test_kill9();
   TEST_MAIN_END();
 }

@@ -366,6 +366,50 @@ check "breakers frob is a usage error" usage_error
 wf breakers isolate
 check "breakers isolate without an action is a usage error" usage_error
 
+# --- schedules ---------------------------------------------------------------------------------
+echo "# schedules"
+wf schedule list
+check "schedule list shows the schedule nightly_report.lua declares" \
+  eval 'rc_is 0 && out_matches "^ID  *WORKFLOW  *CRON  *ZONE  *NEXT" && out_matches "^nightly_report  *nightly_report  *0 2 \* \* \*  *Europe/Berlin  *20[0-9-]*T[0-9:]*Z  *-  *-  *0$"'
+wf schedule add invoice_approval '*/15 * * * *' '{"id":"INV-S","amount":3}' --id inv-every15 --tz America/New_York \
+  --catch-up once --overlap allow
+check "schedule add prints the id and the next firing" \
+  eval 'rc_is 0 && out_matches "^inv-every15: next firing at 20[0-9-]*T[0-9][0-9]:[0-5][05]:00Z (cron in America/New_York)$"'
+wf --json schedule list
+check "schedule list --json has it, with its options and input" \
+  out_has '{"id":"inv-every15","workflow":"invoice_approval","cron":"*/15 * * * *","timezone":"America/New_York","input":{"id":"INV-S","amount":3},"catch_up":"once","overlap":"allow","origin":"operator",'
+check "and the definition's schedule with origin definition" out_has '"id":"nightly_report","workflow":"nightly_report","cron":"0 2 * * *","timezone":"Europe/Berlin","input":{"recipients":["ops@example.com"]},"catch_up":"once","overlap":"skip","origin":"definition"'
+echo '{"id":"INV-T"}' >"$T/sched.json"
+run "$WFHOST" --db "$DB" schedule add invoice_approval @hourly - --id inv-hourly <"$T/sched.json"
+check "schedule add reads the input from stdin with -" rc_is 0
+wf --json schedule list
+check "with that input" out_has '"id":"inv-hourly","workflow":"invoice_approval","cron":"@hourly","timezone":"UTC","input":{"id":"INV-T"}'
+wf schedule add invoice_approval '*/0 * * * *'
+check "a bad cron exits 1 naming the field" fails_with 1 'cron "*/0 * * * *": minute: step must be >= 1'
+wf schedule add invoice_approval '0 0 * * *' --tz Europe/Atlantis
+check "an unknown zone exits 1" fails_with 1 'unknown time zone "Europe/Atlantis"'
+wf schedule add no_such_workflow '@daily'
+check "an unknown workflow exits 1" fails_with 1 "unknown workflow 'no_such_workflow'"
+wf schedule add invoice_approval '@daily' '[1]'
+check "an input that is not an object exits 1" fails_with 1 'must be a JSON object'
+wf schedule add invoice_approval '@daily' --catch-up always
+check "--catch-up always is a usage error" usage_error
+wf schedule add invoice_approval
+check "schedule add without a cron is a usage error" usage_error
+wf schedule list --tz UTC
+check "--tz with list is a usage error" usage_error
+wf schedule rm nightly_report
+check "the definition's schedule cannot be removed" fails_with 1 'remove its `schedule` field'
+wf schedule rm inv-every15
+check "schedule rm exits 0 and prints nothing" eval 'rc_is 0 && out_empty'
+wf --json schedule rm inv-hourly
+check "schedule rm --json prints ok" eval 'rc_is 0 && out_has "{\"ok\":true,\"id\":\"inv-hourly\"}"'
+wf schedule rm inv-every15
+check "removing it again exits 1" fails_with 1 "no schedule 'inv-every15'"
+wf --json schedule list
+check "only the definition's schedule is left" eval 'rc_is 0 && [ "$(count_in_out "\"id\":")" = 1 ]'
+check "the host logged no schedule error" eval '! grep -q "schedule.*not\|does not fire" "$hostlog"'
+
 # --- a second host ---------------------------------------------------------------------------
 echo "# a second host"
 run timeout 10 "$WFHOST" run --db "$DB" --workflows "$WF" --plugin "$PLUGIN"
@@ -397,11 +441,18 @@ check "the new host runs term-1: it waits for Submit" wait_show term-1 '"waiting
 crash_host
 wf signal inv-3 Approve '{"user":"d"}'
 check "signal while no host runs (after kill -9) exits 0" rc_is 0
+wf schedule add invoice_approval '0 12 * * mon-fri' --id offline-sched
+check "schedule add while no host runs exits 0" rc_is 0
 check "a host starts after kill -9" start_host
 check "the signalled instance completes after the crash" wait_show inv-3 '"status":"completed"'
 check "its output has the approver" out_has '"by":"d"'
 check "the notify action ran once (not repeated after the crash)" \
   eval '[ "$(count_in_out "\"kind\":\"action\",\"name\":\"notify\"")" = 1 ]'
+wf --json schedule list
+check "the schedule added while no host ran is there, with its next firing" \
+  out_matches '"id":"offline-sched","workflow":"invoice_approval","cron":"0 12 \* \* mon-fri".*"next_at":"20[0-9-]*T12:00:00.000Z"'
+wf schedule rm offline-sched
+check "and can be removed under the new host" rc_is 0
 wf signal term-1 Submit
 check "term-1 still takes events" rc_is 0
 check "term-1 awaits approval" wait_show term-1 '"waiting_for":"event Approve|Reject'

@@ -83,7 +83,7 @@ static void test_open_and_reopen(void) {
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
   CHECK(raw_sql(path, "PRAGMA journal_mode", out) == 0 && strcmp(out, "wal") == 0);
   CHECK(raw_sql(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'", out) == 0 &&
-        atoi(out) == 8); /* seven tables and sqlite_sequence */
+        atoi(out) == 9); /* eight tables and sqlite_sequence */
 
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   wf_info *info = NULL;
@@ -102,9 +102,10 @@ static void test_migration_from_v1(void) {
   wf_store_close(st);
   char out[64];
   CHECK(raw_sql(path, "DROP TABLE breakers", out) == 0);
+  CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
   CHECK(raw_sql(path, "PRAGMA user_version = 1", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
-  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == 2);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
   wf_info *info = NULL;
   CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && !strcmp(info->status, "waiting"));
   wf_info_free(info);
@@ -624,8 +625,74 @@ static void test_concurrent_first_open(void) {
   wf_store_close(st);
 }
 
+/* Schedules: a definition rewritten keeps where the schedule stands (its next firing too,
+ * unless the expression or zone changed); advancing adds to the counters; a database of
+ * schema 2 gets the table. */
+typedef struct sched_seen {
+  int n;
+  char id[64], cron[64], last_instance[64], tz[64];
+  int64_t next_at, last_at, missed, overlapped, created_at;
+} sched_seen;
+static void see_schedule(void *ud, const wf_schedule_rec *r) {
+  sched_seen *s = ud;
+  s->n++;
+  snprintf(s->id, sizeof s->id, "%s", r->id);
+  snprintf(s->cron, sizeof s->cron, "%s", r->cron);
+  snprintf(s->tz, sizeof s->tz, "%s", r->timezone ? r->timezone : "(utc)");
+  snprintf(s->last_instance, sizeof s->last_instance, "%s", r->last_instance ? r->last_instance : "(none)");
+  s->next_at = r->next_at;
+  s->last_at = r->last_at;
+  s->missed = r->missed;
+  s->overlapped = r->overlapped;
+  s->created_at = r->created_at;
+}
+
+static void test_schedules(void) {
+  char path[256], out[64];
+  wf_store *st = open_fresh(path, sizeof path);
+  wf_store_close(st);
+  CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
+  CHECK(raw_sql(path, "PRAGMA user_version = 2", out) == 0);
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == 3);
+  wf_schedule_rec r = {.id = "nightly", .workflow = "report", .cron = "0 2 * * *", .timezone = NULL,
+                       .input = "{}", .catch_up = "skip", .overlap = "skip", .origin = "operator",
+                       .next_at = 1000, .updated_at = 10};
+  CHECK(wf_store_put_schedule(st, &r) == WF_OK);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_advance_schedule(st, "nightly", 2000, 1000, "nightly@x", 2, 1, 20) == WF_OK);
+  CHECK(wf_store_advance_schedule(st, "nightly", 3000, 0, NULL, 1, 0, 30) == WF_OK);
+  CHECK(wf_store_advance_schedule(st, "gone", 3000, 0, NULL, 1, 0, 30) == WF_NOTFOUND);
+  CHECK(wf_store_commit(st) == WF_OK);
+  sched_seen s = {0};
+  CHECK(wf_store_each_schedule(st, see_schedule, &s) == WF_OK);
+  CHECK(s.n == 1 && s.next_at == 3000 && s.last_at == 1000 && !strcmp(s.last_instance, "nightly@x"));
+  CHECK(s.missed == 3 && s.overlapped == 1 && s.created_at == 10);
+  /* The same definition again: nothing moves. A new input: the next firing stays. */
+  r.next_at = 9999;
+  CHECK(wf_store_put_schedule(st, &r) == WF_OK);
+  r.input = "{\"a\":1}";
+  CHECK(wf_store_put_schedule(st, &r) == WF_OK);
+  memset(&s, 0, sizeof s);
+  CHECK(wf_store_each_schedule(st, see_schedule, &s) == WF_OK);
+  CHECK(s.n == 1 && s.next_at == 3000 && s.missed == 3);
+  /* Another zone: the next firing is the new one; the counters stay. */
+  r.timezone = "Europe/Berlin";
+  CHECK(wf_store_put_schedule(st, &r) == WF_OK);
+  memset(&s, 0, sizeof s);
+  CHECK(wf_store_each_schedule(st, see_schedule, &s) == WF_OK);
+  CHECK(s.next_at == 9999 && !strcmp(s.tz, "Europe/Berlin") && s.missed == 3);
+  int deleted = 0;
+  CHECK(wf_store_delete_schedule(st, "nightly", &deleted) == WF_OK && deleted == 1);
+  CHECK(wf_store_delete_schedule(st, "nightly", &deleted) == WF_OK && deleted == 0);
+  memset(&s, 0, sizeof s);
+  CHECK(wf_store_each_schedule(st, see_schedule, &s) == WF_OK && s.n == 0);
+  wf_store_close(st);
+}
+
 int main(void) {
   test_open_and_reopen();
+  test_schedules();
   test_migration_from_v1();
   test_newer_schema_refused();
   test_garbage_refused();

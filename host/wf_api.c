@@ -249,7 +249,11 @@ int wf_load_dir(wf_host *h, const char *dir) {
   if (!h) return WF_MISUSE;
   if (h->cfg.mode != WF_MODE_HOST) return wf_fail(h, WF_MISUSE, "workflows are loaded by a host, not a client handle");
   int rc = wf_lua_load_dir(h, dir, 0);
-  if (rc == WF_OK && h->started) wf_engine_store_catalog(h); /* keep it current for clients */
+  if (rc == WF_OK && h->started) { /* keep the catalog current for clients, and the schedules */
+    wf_engine_store_catalog(h);
+    wf_sched_sync_definitions(h);
+    wf_sched_load(h);
+  }
   return rc;
 }
 
@@ -585,6 +589,7 @@ int wf_next_timer(wf_host *h, int64_t *due) {
   int64_t next = 0;
   wf_action_expire(h, &next); /* a call's deadline is a timer too */
   if (h->nheap && (!next || h->heap[0].due < next)) next = h->heap[0].due;
+  if (h->sched_next && (!next || h->sched_next < next)) next = h->sched_next;
   if (!next) return wf_fail(h, WF_NOTFOUND, "no timer is armed");
   *due = next;
   return WF_OK;

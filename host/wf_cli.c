@@ -357,6 +357,68 @@ static int cmd_breakers(cli *c) {
   return st;
 }
 
+/* schedule add WORKFLOW CRON [JSON] | schedule list | schedule rm ID */
+static int cmd_schedule(cli *c) {
+  const char *op = c->pos[0];
+  static const char *const arity[][2] = {{"add", "2 to 3"}, {"list", "0"}, {"rm", "1"}};
+  int want_min = !strcmp(op, "add") ? 2 : !strcmp(op, "rm") ? 1 : 0;
+  int want_max = !strcmp(op, "add") ? 3 : want_min;
+  if (strcmp(op, "add") && strcmp(op, "list") && strcmp(op, "rm"))
+    return usage_error("unknown schedule operation '%s' (add, list or rm)", op);
+  for (size_t i = 0; i < sizeof arity / sizeof arity[0]; i++)
+    if (!strcmp(op, arity[i][0]) && (c->npos - 1 < want_min || c->npos - 1 > want_max))
+      return usage_error("schedule %s takes %s arguments, not %d (usage: wfhost %s)", op, arity[i][1], c->npos - 1,
+                         c->cmd->synopsis);
+  const char *tz = opt_last(c, "--tz"), *cu = opt_last(c, "--catch-up"), *ov = opt_last(c, "--overlap");
+  const char *sid = opt_last(c, "--id");
+  if (strcmp(op, "add") && (tz || cu || ov || sid))
+    return usage_error("--id, --tz, --catch-up and --overlap go with schedule add");
+  wf_schedule_opts o;
+  wf_schedule_opts_init(&o);
+  o.timezone = tz;
+  if (cu && strcmp(cu, "skip") && strcmp(cu, "once")) return usage_error("--catch-up takes skip or once, not '%s'", cu);
+  if (ov && strcmp(ov, "skip") && strcmp(ov, "allow")) return usage_error("--overlap takes skip or allow, not '%s'", ov);
+  o.catch_up = cu && !strcmp(cu, "once") ? WF_CATCH_UP_ONCE : WF_CATCH_UP_SKIP;
+  o.overlap = ov && !strcmp(ov, "allow") ? WF_OVERLAP_ALLOW : WF_OVERLAP_SKIP;
+  const char *json = NULL;
+  char *owned = NULL;
+  if (!strcmp(op, "add") && json_arg(c->npos > 3 ? c->pos[3] : NULL, &json, &owned)) return EXIT_FAIL;
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return free(owned), st;
+  int rc = WF_OK;
+  if (!strcmp(op, "add")) {
+    rc = wf_schedule_add(h, sid, c->pos[1], c->pos[2], json, &o);
+    if (rc == WF_OK) {
+      wf_schedule_info *list = NULL;
+      size_t n = 0;
+      const char *id = sid ? sid : c->pos[1];
+      rc = wf_schedules(h, &list, &n);
+      for (size_t i = 0; rc == WF_OK && i < n; i++) {
+        if (strcmp(list[i].id, id)) continue;
+        if (c->json) wf_cli_print_schedules_json(&list[i], 1);
+        else wf_cli_print_schedule_added(&list[i]);
+      }
+      wf_schedules_free(list, n);
+    }
+  } else if (!strcmp(op, "rm")) {
+    rc = wf_schedule_remove(h, c->pos[1]);
+    if (rc == WF_OK) print_ok(c, c->pos[1]);
+  } else {
+    wf_schedule_info *list = NULL;
+    size_t n = 0;
+    rc = wf_schedules(h, &list, &n);
+    if (rc == WF_OK && c->json) wf_cli_print_schedules_json(list, n);
+    else if (rc == WF_OK && n == 0) fprintf(stderr, "wfhost: no schedules\n");
+    else if (rc == WF_OK) wf_cli_print_schedules(list, n);
+    wf_schedules_free(list, n);
+  }
+  free(owned);
+  if (rc != WF_OK) st = fail_host(h, rc);
+  wf_host_close(h);
+  return st;
+}
+
 static int cmd_check(cli *c) {
   const char *dir = c->npos ? c->pos[0] : DEFAULT_WORKFLOWS;
   wf_config cfg;
@@ -530,6 +592,7 @@ static const char *const run_opts[] = {"--workflows", "--plugin", "--durability"
 static const char *const start_opts[] = {"--id", NULL};
 static const char *const list_opts[] = {"--status", "--workflow", "--limit", NULL};
 static const char *const no_opts[] = {NULL};
+static const char *const schedule_opts[] = {"--id", "--tz", "--catch-up", "--overlap", NULL};
 
 static const command commands[] = {
   {"run", cmd_run, 0, 0, run_opts,
@@ -600,6 +663,33 @@ static const command commands[] = {
    "  breakers close ACTION [KEY]     close it, with an empty window\n\n"
    "Example:\n"
    "  wfhost breakers isolate charge_payment\n"},
+  {"schedule", cmd_schedule, 1, 4, schedule_opts,
+   "schedule add WORKFLOW CRON [JSON] [--id ID] [--tz ZONE] [--catch-up skip|once] [--overlap skip|allow]"
+   " | schedule list | schedule rm ID",
+   "start a workflow on a cron schedule; list or remove schedules",
+   "  schedule add WORKFLOW CRON [JSON]   start WORKFLOW with input JSON (an object, default {};\n"
+   "                                      '-' reads it from stdin) at each firing of CRON; adding an\n"
+   "                                      existing id replaces that schedule (it keeps its counters,\n"
+   "                                      and its next firing if CRON and the zone are the same)\n"
+   "  schedule list                       every schedule: its cron, zone, next and last firing, the\n"
+   "                                      instance of the last one, and the firings it skipped\n"
+   "  schedule rm ID                      remove a schedule (its instances stay)\n\n"
+   "CRON is five fields, minute hour day-of-month month day-of-week (quote it): '*/15 * * * *',\n"
+   "'0 2 * * mon-fri', '30 6 1 jan,jul *'; or @hourly, @daily, @weekly, @monthly, @yearly. Each\n"
+   "firing starts an instance with the id SCHEDULE_ID@FIRING_TIME (UTC, as 2026-01-02T02:00:00Z),\n"
+   "whose input has a field \"schedule\": {\"id\", \"at\", \"at_ms\"}. Works with and without a running\n"
+   "host; a running host applies a change within its poll interval. Schedules declared in\n"
+   "workflow files (`schedule = ...`) are listed too, and changed only there.\n\n"
+   "Options of schedule add:\n"
+   "  --id ID               the schedule id (default: the workflow name); 1 to 100 letters, digits,\n"
+   "                        '_', '.', ':' or '-'\n"
+   "  --tz ZONE             an IANA time zone for CRON, as Europe/Berlin (default UTC)\n"
+   "  --catch-up skip|once  firings missed while no host ran (more than 60 s late): skip them\n"
+   "                        (counted; the default) or run one instance for the latest\n"
+   "  --overlap skip|allow  a firing while the previous instance has not finished: skip it\n"
+   "                        (counted; the default) or start it anyway\n\n"
+   "Example:\n"
+   "  wfhost schedule add nightly_report '0 2 * * *' '{\"recipients\":[\"ops@example.com\"]}' --tz Europe/Berlin\n"},
   {"check", cmd_check, 0, 1, no_opts, "check [DIR]", "check workflow files without running them",
    "Checks the workflow files in DIR (default ./workflows): syntax, that each file returns a\n"
    "definition, duplicate names. Prints 'ok: DIR', or each problem as file:line: message on\n"

@@ -43,4 +43,10 @@ void wf_cli_print_show_json(const wf_info *in, const wf_history_entry *hist, siz
 void wf_cli_print_breakers(const wf_breaker_info *list, size_t n);
 void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n);
 
+/* Prints schedules as the `schedule list` table, or as a JSON array. */
+void wf_cli_print_schedules(const wf_schedule_info *list, size_t n);
+void wf_cli_print_schedules_json(const wf_schedule_info *list, size_t n);
+/* Prints the line `schedule add` answers with: the id and the next firing. */
+void wf_cli_print_schedule_added(const wf_schedule_info *s);
+
 #endif

@@ -473,3 +473,72 @@ void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n) {
   }
   fputs(n ? "\n]\n" : "]\n", stdout);
 }
+
+/* ---- schedules --------------------------------------------------------------------------- */
+
+void wf_cli_print_schedules(const wf_schedule_info *list, size_t n) {
+  table t = {.ncols = 8};
+  const char *head[] = {"ID", "WORKFLOW", "CRON", "ZONE", "NEXT", "LAST", "LAST INSTANCE", "SKIPPED"};
+  char *row[8];
+  for (int i = 0; i < 8; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  for (size_t k = 0; k < n; k++) {
+    const wf_schedule_info *s = &list[k];
+    char next[40], last[40];
+    fmt_time(s->next_at, 0, next);
+    fmt_time(s->last_at, 0, last);
+    row[0] = one_line(s->id, 0);
+    row[1] = one_line(s->workflow, 0);
+    row[2] = one_line(s->cron, 0);
+    row[3] = one_line(s->timezone, 0);
+    row[4] = one_line(s->next_at ? next : NULL, 0);
+    row[5] = one_line(s->last_at ? last : NULL, 0);
+    row[6] = one_line(s->last_instance, 0);
+    /* missed (catch-up) + overlapping, and which when any */
+    row[7] = s->missed || s->overlapped
+                 ? fmt_cell("%" PRId64 " (%" PRId64 " missed, %" PRId64 " overlap)", s->missed + s->overlapped,
+                            s->missed, s->overlapped)
+                 : fmt_cell("0");
+    table_add(&t, (const char *const *)row);
+  }
+  table_print(&t, "", 1u << 7);
+}
+
+void wf_cli_print_schedules_json(const wf_schedule_info *list, size_t n) {
+  fputc('[', stdout);
+  for (size_t i = 0; i < n; i++) {
+    const wf_schedule_info *s = &list[i];
+    fputs(i ? ",\n  {\"id\":" : "\n  {\"id\":", stdout);
+    wf_cli_json_str(stdout, s->id);
+    fputs(",\"workflow\":", stdout);
+    wf_cli_json_str(stdout, s->workflow);
+    fputs(",\"cron\":", stdout);
+    wf_cli_json_str(stdout, s->cron);
+    fputs(",\"timezone\":", stdout);
+    wf_cli_json_str(stdout, s->timezone);
+    fputs(",\"input\":", stdout);
+    json_raw(stdout, s->input_json);
+    fputs(",\"catch_up\":", stdout);
+    wf_cli_json_str(stdout, s->catch_up);
+    fputs(",\"overlap\":", stdout);
+    wf_cli_json_str(stdout, s->overlap);
+    fputs(",\"origin\":", stdout);
+    wf_cli_json_str(stdout, s->origin);
+    fputs(",\"next_at\":", stdout);
+    json_time(stdout, s->next_at);
+    fputs(",\"last_at\":", stdout);
+    json_time(stdout, s->last_at);
+    fputs(",\"last_instance\":", stdout);
+    wf_cli_json_str(stdout, s->last_instance);
+    printf(",\"missed\":%" PRId64 ",\"overlapped\":%" PRId64 "}", s->missed, s->overlapped);
+  }
+  fputs(n ? "\n]\n" : "]\n", stdout);
+}
+
+void wf_cli_print_schedule_added(const wf_schedule_info *s) {
+  char next[40];
+  fmt_time(s->next_at, 0, next);
+  int zoned = strcmp(s->timezone, "UTC") != 0;
+  printf("%s: next firing at %s%s%s%s\n", s->id, s->next_at ? next : "(never)", zoned ? " (cron in " : "",
+         zoned ? s->timezone : "", zoned ? ")" : "");
+}

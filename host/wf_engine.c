@@ -366,6 +366,7 @@ void wf_engine_poll(wf_host *h, int look) {
   fire_due(h);
   arm_timer(h);
   wf_action_expire(h, NULL);
+  if (wf_sched_due(h)) wf_engine_kick(h);
   uint64_t now = uv_now(h->loop); /* at most one look per millisecond, unless asked */
   if ((look || now != h->ext_checked_at) && (h->ext_checked_at = now, wf_store_changed(h->st))) {
     h->ext_dirty = 1;
@@ -451,32 +452,38 @@ static void event_arrived(wf_host *h, const char *id, int64_t event_id, const ch
   wf_engine_ready(h, in);
 }
 
+int wf_engine_create(wf_host *h, const char *id, const char *workflow, int version, const char *input,
+                     int *created) {
+  int64_t now = wf_now(h);
+  wf_instance_rec r = {.id = id, .workflow = workflow, .version = version, .status = "pending",
+                       .input = input, .data = "{}", .created_at = now, .updated_at = now};
+  int made = 0;
+  int rc = wf_store_insert_instance(h->st, &r, &made);
+  wf_engine_store_rc(h, rc);
+  if (rc == WF_OK && made) {
+    wf_instance *in = get_or_stub(h, id);
+    in->workflow = wf_strdup(workflow);
+    in->version = version;
+    in->input = wf_strdup(input);
+    in->data = wf_strdup("{}");
+    in->status = in->row_status = WF_ST_PENDING;
+    in->created_at = now;
+    in->loaded = 1;
+    touch(h, in);
+    wf_engine_ready(h, in);
+  }
+  if (created) *created = made;
+  return rc;
+}
+
 static void apply_submit(wf_host *h, wf_submit *s) {
   wf_instance *in;
   int rc = WF_OK;
   int64_t now = wf_now(h);
   switch (s->kind) {
-  case WF_SUB_START: {
-    wf_instance_rec r = {.id = s->id, .workflow = s->workflow, .version = s->version,
-                         .status = "pending", .input = s->data, .data = "{}",
-                         .created_at = now, .updated_at = now};
-    int created = 0;
-    rc = wf_store_insert_instance(h->st, &r, &created);
-    wf_engine_store_rc(h, rc);
-    if (rc == WF_OK && created) {
-      in = get_or_stub(h, s->id);
-      in->workflow = wf_strdup(s->workflow);
-      in->version = s->version;
-      in->input = wf_strdup(s->data);
-      in->data = wf_strdup("{}");
-      in->status = in->row_status = WF_ST_PENDING;
-      in->created_at = now;
-      in->loaded = 1;
-      touch(h, in);
-      wf_engine_ready(h, in);
-    }
+  case WF_SUB_START:
+    rc = wf_engine_create(h, s->id, s->workflow, s->version, s->data, NULL);
     break;
-  }
   case WF_SUB_SIGNAL: {
     int64_t eid = 0;
     rc = wf_store_add_event(h->st, s->id, s->name, s->data, now, &eid);
@@ -512,6 +519,10 @@ static void ingest_event(void *ud, const wf_event_rec *ev) {
 static void ingest_request(void *ud, int64_t req_id, const char *id, const char *kind) {
   wf_host *h = ud;
   (void)req_id;
+  if (!strcmp(kind, "schedules")) { /* a client changed a schedule: read them again */
+    wf_sched_load(h);
+    return;
+  }
   if (!strcmp(kind, "isolate") || !strcmp(kind, "close")) { /* id: action, then \x1f and the key */
     const char *sep = strchr(id, 0x1f);
     char action[200];
@@ -550,6 +561,7 @@ static void recover(wf_host *h) {
   wf_engine_store_rc(h, wf_store_each_timer(h->st, load_timer, h));
   h->armed_due = 0;
   arm_timer(h);
+  wf_sched_load(h);
 }
 
 /* ---- the batch ----------------------------------------------------------------------- */
@@ -656,6 +668,7 @@ static void run_batch(wf_host *h) {
     apply_submit(h, s);
     free_submit(s);
   }
+  wf_sched_fire(h);
   for (int n = 0; h->ready_head && n < BATCH_MAX; n++) {
     wf_instance *in = h->ready_head;
     h->ready_head = in->ready_next;
@@ -743,7 +756,7 @@ static void on_checkpoint(uv_timer_t *t) {
 
 static void on_idle(uv_idle_t *idle) {
   wf_host *h = idle->data;
-  if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed) run_batch(h);
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed || wf_sched_due(h)) run_batch(h);
   if (!h->ready_head && !h->sub_head && !h->ext_dirty && uv_is_active((uv_handle_t *)&h->idle))
     uv_idle_stop(&h->idle);
   if (h->stop_requested && !h->ready_head && !h->sub_head) wf_engine_stop(h);
@@ -816,6 +829,7 @@ int wf_engine_init(wf_host *h) {
   uv_timer_init(h->loop, &h->backoff_timer);
   uv_timer_init(h->loop, &h->checkpoint_timer);
   uv_timer_init(h->loop, &h->dl_timer);
+  wf_sched_init(h);
   uv_unref((uv_handle_t *)&h->checkpoint_timer); /* never keeps a loop alive by itself */
   h->idle.data = h->wake_timer.data = h->poll_timer.data = h->backoff_timer.data = h;
   h->checkpoint_timer.data = h->dl_timer.data = h;
@@ -846,6 +860,7 @@ int wf_engine_start(wf_host *h) {
      * ran: each wakes its instance, which takes it if it waits for it. */
     h->last_event_id = 0;
     wf_engine_store_catalog(h);
+    wf_sched_sync_definitions(h);
     /* The first batch recovers what a previous host left running, and loads the timers. */
     h->recover_needed = 1;
     h->recovered = 1;
@@ -859,6 +874,7 @@ int wf_engine_start(wf_host *h) {
     uv_timer_start(&h->poll_timer, on_poll, (uint64_t)h->cfg.poll_interval_ms,
                    (uint64_t)h->cfg.poll_interval_ms);
   arm_timer(h);
+  wf_sched_arm(h);
   return WF_OK;
 }
 
@@ -876,13 +892,15 @@ void wf_engine_stop(wf_host *h) {
   uv_timer_stop(&h->backoff_timer);
   uv_timer_stop(&h->checkpoint_timer);
   uv_timer_stop(&h->dl_timer);
+  uv_timer_stop(&h->sched_timer);
   h->armed_due = 0;
   h->started = 0;
 }
 
 int wf_engine_busy(wf_host *h) {
   if (h->ready_head || h->sub_head || h->ext_dirty || h->calls_waited || h->recover_needed || h->workers) return 1;
-  return (h->nheap && h->heap[0].due <= wf_now(h)) || (h->ndl && h->dl[0]->deadline <= wf_now(h));
+  return (h->nheap && h->heap[0].due <= wf_now(h)) || (h->ndl && h->dl[0]->deadline <= wf_now(h)) ||
+         wf_sched_due(h);
 }
 
 static void on_close(uv_handle_t *hd) { (void)hd; }
@@ -905,6 +923,7 @@ void wf_engine_shutdown(wf_host *h) {
     uv_close((uv_handle_t *)&h->backoff_timer, on_close);
     uv_close((uv_handle_t *)&h->checkpoint_timer, on_close);
     uv_close((uv_handle_t *)&h->dl_timer, on_close);
+    uv_close((uv_handle_t *)&h->sched_timer, on_close);
     /* Let the loop run the close callbacks; on the application's loop this only runs ours. */
     uv_run(h->loop, UV_RUN_NOWAIT);
     h->handles_open = 0;
@@ -919,6 +938,7 @@ void wf_engine_shutdown(wf_host *h) {
   free(h->heap);
   h->heap = NULL;
   h->nheap = 0;
+  wf_sched_free_all(h);
   while (h->sub_head) {
     wf_submit *s = h->sub_head;
     h->sub_head = s->next;

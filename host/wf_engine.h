@@ -9,6 +9,8 @@
  *   wf_policy.c  action policies: defaults, checks, backoff arithmetic
  *   wf_breaker.c circuit breakers
  *   wf_http.c    the built-in action http.request (libcurl on the host's loop)
+ *   wf_sched.c   schedules: firing cron schedules as instances, and their public functions
+ *   wf_cron.c    cron expressions and time zones (wf_cron.h)
  *   wf_api.c     the public functions of wfhost.h
  * Nothing here is visible to users of the library.
  */
@@ -344,6 +346,12 @@ struct wf_host {
   wf_breaker *brk_lru_head, *brk_lru_tail;
   wf_breaker *brk_dirty;
 
+  /* schedules (wf_sched.c) */
+  struct wf_sched *scheds; /* as last read from the store, advanced by each batch that fires */
+  size_t nscheds;
+  int64_t sched_next;      /* the earliest next firing, 0: none */
+  uv_timer_t sched_timer;  /* wakes the loop for it */
+
   uint64_t rng[4];
   uint64_t id_rng[4];
 };
@@ -392,6 +400,15 @@ char *wf_json_get(wf_host *h, const char *json, const char *field);
 int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen);
 /* Names of loaded workflows (for the catalog). */
 size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions);
+/* A schedule declared by a workflow definition (its newest loaded version). */
+typedef struct wf_def_schedule {
+  char *workflow, *cron, *timezone /* NULL: UTC */, *catch_up, *overlap, *input /* JSON object */;
+} wf_def_schedule;
+/* The schedules the loaded definitions declare, by workflow name; free with wf_lua_free_def_schedules. */
+size_t wf_lua_def_schedules(wf_host *h, wf_def_schedule **out);
+void wf_lua_free_def_schedules(wf_def_schedule *list, size_t n);
+/* Checks that json is a JSON object without a top-level field `key`: 0, else -1 with a message. */
+int wf_json_object_without(wf_host *h, const char *json, const char *key, char *err, size_t errlen);
 
 /* ---- wf_engine.c ---- */
 int wf_engine_init(wf_host *h);
@@ -400,6 +417,10 @@ int wf_engine_start(wf_host *h);
 /* Records the loaded workflows in the store's catalog, for clients. */
 void wf_engine_store_catalog(wf_host *h);
 void wf_engine_submit(wf_host *h, wf_submit *s);
+/* Creates a pending instance in the open batch and makes it ready (as an applied start):
+ * *created (may be NULL) is 0 if the id existed, and nothing changed then. */
+int wf_engine_create(wf_host *h, const char *id, const char *workflow, int version, const char *input,
+                     int *created);
 /* The start queued for id and not yet applied, or NULL. */
 wf_submit *wf_engine_queued_start(wf_host *h, const char *id);
 wf_instance *wf_engine_find(wf_host *h, const char *id);
@@ -512,6 +533,22 @@ void wf_attempt_observe(wf_host *h, const char *kind, const char *instance, int6
                         const char *data);
 /* The waiting_for text of an action step. */
 void wf_attempt_describe(const wf_pend *p, char *buf, size_t n);
+
+/* ---- wf_sched.c ---- */
+void wf_sched_init(wf_host *h);
+/* Writes the schedules the loaded definitions declare to the store (and removes those of
+ * definitions that no longer declare one), in a transaction of its own. */
+void wf_sched_sync_definitions(wf_host *h);
+/* Reads the schedules from the store (in the open batch, or on its own) and arms the wake-up. */
+void wf_sched_load(wf_host *h);
+/* Starts (or skips) the firings that are due, in the open batch, advancing each schedule. */
+void wf_sched_fire(wf_host *h);
+/* 1 if a firing is due now. */
+int wf_sched_due(wf_host *h);
+void wf_sched_arm(wf_host *h);
+void wf_sched_free_all(wf_host *h);
+/* Lua: schedule_check(cron, timezone) -> nil, or the message of what is wrong (workflow.define). */
+int wf_sched_l_check(lua_State *L);
 
 /* ---- wf_http.c ---- */
 /* Registers the built-in action http.request. */

@@ -123,6 +123,23 @@ char *wf_json_get(wf_host *h, const char *json, const char *field) {
   return out;
 }
 
+int wf_json_object_without(wf_host *h, const char *json, const char *key, char *err, size_t errlen) {
+  const char *p = json;
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+  if (*p != '{') {
+    snprintf(err, errlen, "it must be a JSON object ({...})");
+    return -1;
+  }
+  if (wf_json_check(h, json, err, errlen) != 0) return -1;
+  lua_State *L = h->L;
+  lua_pushstring(L, json);
+  lua_pushstring(L, key);
+  int has = wf_lua_callmod(h, "object_has", 2, 1) != 0 || lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (has) snprintf(err, errlen, "its field \"%s\" is reserved", key);
+  return has ? -1 : 0;
+}
+
 int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen) {
   lua_State *L = h->L;
   lua_pushstring(L, json);
@@ -316,6 +333,10 @@ int wf_lua_open(wf_host *h) {
   if (lua_pcall(L, 2, 1, 0) != LUA_OK)
     return wf_fail(h, WF_ERROR, "cannot start the host's Lua side: %s", lua_tostring(L, -1));
   h->mod_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref); /* workflow.define checks schedules with it */
+  lua_pushcfunction(L, wf_sched_l_check);
+  lua_setfield(L, -2, "schedule_check");
+  lua_pop(L, 1);
   lua_pushcfunction(L, l_sandbox_print);
   lua_pushcfunction(L, l_sandbox_require);
   if (wf_lua_callmod(h, "make_base", 2, 1) != 0)
@@ -404,7 +425,13 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
     char msg[1024];
     msg[0] = 0;
     if (run_file(h, L, files[i], NULL) != 0) {
-      snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+      const char *m = lua_tostring(L, -1);
+      size_t plen = strlen(files[i]);
+      /* `return workflow.define {...}` is a tail call: its errors come without a line. */
+      if (m && !strncmp(m, files[i], plen) && !strncmp(m + plen, ": workflow.define", 17))
+        snprintf(msg, sizeof msg, "%s:%d%s", files[i], define_line(files[i]), m + plen);
+      else
+        snprintf(msg, sizeof msg, "%s", m);
       lua_pop(L, 1);
     } else {
       int def = lua_gettop(L);
@@ -547,4 +574,52 @@ size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions) {
   }
   lua_pop(L, 1);
   return n;
+}
+
+/* Copies the string field k of the table on top of L (NULL if absent). */
+static char *field_dup(lua_State *L, const char *k) {
+  lua_getfield(L, -1, k);
+  char *v = lua_type(L, -1) == LUA_TSTRING ? wf_strdup(lua_tostring(L, -1)) : NULL;
+  lua_pop(L, 1);
+  return v;
+}
+
+size_t wf_lua_def_schedules(wf_host *h, wf_def_schedule **out) {
+  lua_State *L = h->L;
+  size_t n = 0;
+  *out = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->defs_ref);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    /* "name" keys hold each workflow's newest version ("name@version" keys every version). */
+    if (lua_type(L, -2) == LUA_TSTRING && !strchr(lua_tostring(L, -2), '@')) {
+      lua_getfield(L, -1, "schedule");
+      if (lua_istable(L, -1)) {
+        *out = wf_xrealloc(*out, (n + 1) * sizeof **out);
+        wf_def_schedule *d = &(*out)[n++];
+        d->workflow = wf_strdup(lua_tostring(L, -3));
+        d->cron = field_dup(L, "cron");
+        d->timezone = field_dup(L, "timezone");
+        d->catch_up = field_dup(L, "catch_up");
+        d->overlap = field_dup(L, "overlap");
+        d->input = field_dup(L, "input");
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+void wf_lua_free_def_schedules(wf_def_schedule *list, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(list[i].workflow);
+    free(list[i].cron);
+    free(list[i].timezone);
+    free(list[i].catch_up);
+    free(list[i].overlap);
+    free(list[i].input);
+  }
+  free(list);
 }

@@ -535,6 +535,41 @@ static int l_list(lua_State *L) {
   return 1;
 }
 
+static void set_int(lua_State *L, const char *k, int64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+/* h:schedules() -> { { id, workflow, cron, timezone, catch_up, overlap, origin, next_at,
+ * last_at, last_instance, missed, overlapped }, ... } (times in ms, 0: none) */
+static int l_schedules(lua_State *L) {
+  lhost *lh = check_host(L);
+  wf_schedule_info *list;
+  size_t n;
+  int rc = wf_schedules(lh->h, &list, &n);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    const wf_schedule_info *s = &list[i];
+    lua_createtable(L, 0, 12);
+    set_str(L, "id", s->id);
+    set_str(L, "workflow", s->workflow);
+    set_str(L, "cron", s->cron);
+    set_str(L, "timezone", s->timezone);
+    set_str(L, "catch_up", s->catch_up);
+    set_str(L, "overlap", s->overlap);
+    set_str(L, "origin", s->origin);
+    set_str(L, "last_instance", s->last_instance);
+    set_int(L, "next_at", s->next_at);
+    set_int(L, "last_at", s->last_at);
+    set_int(L, "missed", s->missed);
+    set_int(L, "overlapped", s->overlapped);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  wf_schedules_free(list, n);
+  return 1;
+}
+
 static int l_history(lua_State *L) {
   lhost *lh = check_host(L);
   wf_history_entry *e;
@@ -699,7 +734,7 @@ static const luaL_Reg host_methods[] = {
   {"history", l_history}, {"close", l_close},     {"replay_check", l_replay_check},
   {"snapshot", l_snapshot}, {"next_timer", l_next_timer}, {"set_now", l_set_now},
   {"load_plugin", l_load_plugin}, {"breakers", l_breakers}, {"isolate", l_isolate},
-  {"close_breaker", l_close_breaker}, {"action_stats", l_action_stats},
+  {"close_breaker", l_close_breaker}, {"action_stats", l_action_stats}, {"schedules", l_schedules},
   {NULL, NULL}};
 
 int luaopen_wfhost(lua_State *L);

@@ -16,6 +16,7 @@
  *   requests   cancel / retry requests written by other processes for the running host.
  *   catalog    the workflows the last host loaded, so a client can refuse an unknown name.
  *   breakers   circuit breaker states as the host last wrote them.
+ *   schedules  cron schedules: what to start when, the next firing, the last one, counters.
  *
  * Writes happen inside a transaction opened by wf_store_begin() and made durable by
  * wf_store_commit() (group commit: the engine writes many instances' steps in one). Every
@@ -29,7 +30,7 @@
 typedef struct wf_store wf_store;
 
 /* The schema version this build writes. A database with a higher one is refused. */
-#define WF_STORE_SCHEMA_VERSION 2
+#define WF_STORE_SCHEMA_VERSION 3
 
 /* Opens or creates the database, applying migrations. On failure *out may still be set
  * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
@@ -149,5 +150,26 @@ int wf_store_replace_catalog(wf_store *st, const char *const *names, const int *
                              size_t n, int64_t at);
 /* *known: 1 if name is in the catalog, 0 if not, -1 if the catalog is empty (no host ran). */
 int wf_store_catalog_has(wf_store *st, const char *name, int *known /* OUT */);
+
+/* Schedules. A row is a schedule's definition (id .. origin) and where it stands (next_at ..
+ * overlapped). timezone NULL is UTC; last_at 0 and last_instance NULL: never fired. */
+typedef struct wf_schedule_rec {
+  const char *id, *workflow, *cron, *timezone, *input, *catch_up, *overlap, *origin;
+  int64_t next_at, last_at;
+  const char *last_instance;
+  int64_t missed, overlapped, created_at, updated_at;
+} wf_schedule_rec;
+typedef void (*wf_store_schedule_fn)(void *ud, const wf_schedule_rec *r);
+/* Inserts a schedule (id .. next_at, updated_at as created_at), or replaces the definition of
+ * an existing one, keeping its next_at unless cron or timezone changed, and its counters. */
+int wf_store_put_schedule(wf_store *st, const wf_schedule_rec *r);
+/* Moves a schedule to its next firing: adds to its counters, and records the last firing that
+ * started an instance (last_at 0 and last_instance NULL: keep them). WF_NOTFOUND if absent. */
+int wf_store_advance_schedule(wf_store *st, const char *id, int64_t next_at, int64_t last_at,
+                              const char *last_instance, int64_t missed, int64_t overlapped, int64_t at);
+/* *deleted (may be NULL): 1 if a row was deleted. */
+int wf_store_delete_schedule(wf_store *st, const char *id, int *deleted /* OUT */);
+/* Calls fn for every schedule, by id. */
+int wf_store_each_schedule(wf_store *st, wf_store_schedule_fn fn, void *ud);
 
 #endif /* WF_STORE_H */

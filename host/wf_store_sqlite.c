@@ -57,6 +57,13 @@ static const char *const migrations[] = {
     "CREATE TABLE breakers (action TEXT NOT NULL, key TEXT NOT NULL, state TEXT NOT NULL,"
     "  calls INTEGER NOT NULL, failures INTEGER NOT NULL, open_until INTEGER NOT NULL,"
     "  updated_at INTEGER NOT NULL, PRIMARY KEY (action, key)) WITHOUT ROWID;",
+    /* 3: schedules (wf_sched.c): what to start when, and where each one stands. next_at is
+     * the durable next firing time, advanced in the batch that starts (or skips) a firing. */
+    "CREATE TABLE schedules (id TEXT NOT NULL PRIMARY KEY, workflow TEXT NOT NULL,"
+    "  cron TEXT NOT NULL, timezone TEXT, input TEXT NOT NULL, catch_up TEXT NOT NULL,"
+    "  overlap TEXT NOT NULL, origin TEXT NOT NULL, next_at INTEGER NOT NULL, last_at INTEGER,"
+    "  last_instance TEXT, missed INTEGER NOT NULL, overlapped INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
@@ -74,6 +81,7 @@ enum {
   S_ADD_REQUEST, S_LIST_REQUESTS, S_DELETE_REQUESTS,
   S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_CLEAR_CATALOG, S_ADD_CATALOG, S_CATALOG_HAS,
   S_PUT_BREAKER, S_EACH_BREAKER,
+  S_PUT_SCHEDULE, S_ADVANCE_SCHEDULE, S_DELETE_SCHEDULE, S_EACH_SCHEDULE,
   S_COUNT
 };
 
@@ -134,6 +142,28 @@ static const char *const stmt_sql[S_COUNT] = {
                       "open_until, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [S_EACH_BREAKER] = "SELECT action, key, state, calls, failures, open_until, updated_at "
                        "FROM breakers ORDER BY action, key",
+    /* The definition of a schedule is replaced; where it stands is kept, and its next firing
+     * too unless the expression or the zone changed. An unchanged definition writes nothing. */
+    [S_PUT_SCHEDULE] =
+        "INSERT INTO schedules (id, workflow, cron, timezone, input, catch_up, overlap, origin, next_at,"
+        " missed, overlapped, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 0, ?10, ?10)"
+        " ON CONFLICT (id) DO UPDATE SET workflow = excluded.workflow, cron = excluded.cron,"
+        " timezone = excluded.timezone, input = excluded.input, catch_up = excluded.catch_up,"
+        " overlap = excluded.overlap, origin = excluded.origin, updated_at = excluded.updated_at,"
+        " next_at = CASE WHEN cron = excluded.cron AND timezone IS excluded.timezone THEN next_at"
+        " ELSE excluded.next_at END"
+        " WHERE workflow IS NOT excluded.workflow OR cron IS NOT excluded.cron"
+        " OR timezone IS NOT excluded.timezone OR input IS NOT excluded.input"
+        " OR catch_up IS NOT excluded.catch_up OR overlap IS NOT excluded.overlap"
+        " OR origin IS NOT excluded.origin",
+    [S_ADVANCE_SCHEDULE] =
+        "UPDATE schedules SET next_at = ?2, last_at = coalesce(?3, last_at),"
+        " last_instance = coalesce(?4, last_instance), missed = missed + ?5,"
+        " overlapped = overlapped + ?6, updated_at = ?7 WHERE id = ?1",
+    [S_DELETE_SCHEDULE] = "DELETE FROM schedules WHERE id = ?1",
+    [S_EACH_SCHEDULE] = "SELECT id, workflow, cron, timezone, input, catch_up, overlap, origin, next_at,"
+                        " last_at, last_instance, missed, overlapped, created_at, updated_at"
+                        " FROM schedules ORDER BY id",
 };
 
 struct wf_store {
@@ -340,7 +370,7 @@ static int read_array(wf_store *st, sqlite3_stmt *s, const char *op, size_t size
 
 /* A result row copied out of its statement, so that callbacks may re-enter the store (even
  * the function running) while the caller walks the rows. Unused columns are NULL. */
-#define ROW_MAX_COLS 7 /* the widest query read this way: breakers */
+#define ROW_MAX_COLS 15 /* the widest query read this way: schedules */
 typedef struct row {
   sqlite3_value *v[ROW_MAX_COLS];
 } row;
@@ -836,4 +866,48 @@ int wf_store_snapshot(wf_store *st, const char *path) {
   int code = rc == SQLITE_OK ? WF_OK : set_err(st, map_rc(rc), "snapshot to %s: %s", path, sqlite3_errmsg(st->db));
   sqlite3_finalize(s);
   return code;
+}
+
+int wf_store_put_schedule(wf_store *st, const wf_schedule_rec *r) {
+  return exec_stmt(st, S_PUT_SCHEDULE, "write schedule", "ttttttttII", r->id, r->workflow, r->cron, r->timezone,
+                   r->input, r->catch_up, r->overlap, r->origin, r->next_at, r->updated_at);
+}
+
+/* last_at 0 and last_instance NULL keep the row's values. WF_NOTFOUND if the row is gone (an
+ * operator removed the schedule). */
+int wf_store_advance_schedule(wf_store *st, const char *id, int64_t next_at, int64_t last_at,
+                              const char *last_instance, int64_t missed, int64_t overlapped, int64_t at) {
+  sqlite3_stmt *s = st->stmt[S_ADVANCE_SCHEDULE];
+  const char *op = "advance schedule";
+  if (st->in_txn && sqlite3_get_autocommit(st->db))
+    return set_err(st, WF_IO, "%s: the transaction was rolled back by an earlier error", op);
+  int code = bind(st, s, op, "tIItIII", id, next_at, last_at, last_instance, missed, overlapped, at);
+  if (code == WF_OK && !last_at) sqlite3_bind_null(s, 3); /* binding NULL to a bound parameter cannot fail */
+  if (code == WF_OK) code = run(st, s, op);
+  if (code == WF_OK && sqlite3_changes(st->db) == 0) code = set_err(st, WF_NOTFOUND, "%s: no schedule %s", op, id);
+  return code;
+}
+
+int wf_store_delete_schedule(wf_store *st, const char *id, int *deleted) {
+  int code = exec_stmt(st, S_DELETE_SCHEDULE, "delete schedule", "t", id);
+  if (deleted) *deleted = code == WF_OK && sqlite3_changes(st->db) > 0;
+  return code;
+}
+
+int wf_store_each_schedule(wf_store *st, wf_store_schedule_fn fn, void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_EACH_SCHEDULE], "read schedules", &rows, &n);
+  if (code != WF_OK) return code;
+  for (size_t i = 0; i < n; i++) {
+    row *w = &rows[i];
+    wf_schedule_rec r = {.id = TEXT(*w, 0), .workflow = TEXT(*w, 1), .cron = TEXT(*w, 2), .timezone = TEXT(*w, 3),
+                         .input = TEXT(*w, 4), .catch_up = TEXT(*w, 5), .overlap = TEXT(*w, 6),
+                         .origin = TEXT(*w, 7), .next_at = INT(*w, 8), .last_at = INT(*w, 9),
+                         .last_instance = TEXT(*w, 10), .missed = INT(*w, 11), .overlapped = INT(*w, 12),
+                         .created_at = INT(*w, 13), .updated_at = INT(*w, 14)};
+    fn(ud, &r);
+  }
+  rows_free(rows, n);
+  return WF_OK;
 }

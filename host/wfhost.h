@@ -407,6 +407,78 @@ int wf_replay_check(wf_host *h, const char *id, char **report /* OUT */);
  * keep running: a backup, or a copy to replay histories against new code. */
 int wf_snapshot(wf_host *h, const char *path);
 
+/* ---- Schedules (both modes) ------------------------------------------------------------- */
+
+/* A schedule starts an instance of a workflow at each firing of a cron expression: five fields
+ * (minute hour day-of-month month day-of-week) with `*`, lists, ranges, steps and names, or a
+ * macro (@hourly, @daily, @weekly, @monthly, @yearly), in UTC or an IANA time zone (see
+ * docs/patterns-schedules.md for the syntax and the daylight-saving rules). Schedules are
+ * declared by workflow definitions (`schedule = ...`, written to the database when a host
+ * starts) or added by operators with wf_schedule_add(). They are durable: each has a stored next
+ * firing, and the instance of a firing is created in the same transaction that moves it on, so a
+ * crash never starts a firing twice nor loses one.
+ *
+ * The instance of a firing has the id "<schedule id>@<firing time>" (as
+ * "nightly@2026-01-02T03:00:00Z", UTC) and as input the schedule's input object with a field
+ * "schedule": {"id": "<schedule id>", "at": "<firing time>", "at_ms": <firing time in ms>}. */
+
+/* A firing found due more than this late was missed (no host ran, or its loop was blocked). */
+#define WF_SCHEDULE_GRACE_MS 60000
+
+/* What happens to missed firings: skip them (counted, logged; the schedule goes on from now;
+ * the default), or run one instance for the latest of them, then go on. */
+typedef enum { WF_CATCH_UP_SKIP = 0, WF_CATCH_UP_ONCE = 1 } wf_catch_up;
+
+/* A firing while the schedule's previous instance has not finished (a suspended instance has
+ * not): skipped and counted (the default), or started anyway. */
+typedef enum { WF_OVERLAP_SKIP = 0, WF_OVERLAP_ALLOW = 1 } wf_overlap;
+
+typedef struct wf_schedule_opts {
+  const char *timezone; /* an IANA zone name ("Europe/Berlin"); NULL or "UTC": UTC */
+  wf_catch_up catch_up;
+  wf_overlap overlap;
+} wf_schedule_opts;
+
+/* Initialises opts to the defaults: UTC, catch-up skip, overlap skip. */
+void wf_schedule_opts_init(wf_schedule_opts *opts);
+
+/* Adds the schedule id (NULL: the workflow's name) starting workflow with input_json (a JSON
+ * object; NULL: {}) at each firing of cron, or replaces the schedule of that id: its counters and
+ * last firing are kept, and its next firing too if cron and zone are unchanged (else the next
+ * firing is computed from now). id: 1 to 100 letters, digits, '_', '.', ':' or '-'. opts: NULL
+ * for the defaults. Durable when it returns; a running host applies a client's change within its
+ * poll interval. Returns WF_INVALID (with the bad field named: `cron "*\/0 * * * *": minute: step
+ * must be >= 1`, an unknown zone, an input that is not an object or has a field "schedule"),
+ * WF_NOTFOUND for an unknown workflow, WF_STATE if id is a schedule declared by a definition. */
+int wf_schedule_add(wf_host *h, const char *id, const char *workflow, const char *cron, const char *input_json,
+                    const wf_schedule_opts *opts);
+
+/* Removes an operator's schedule; the instances it started are untouched. WF_NOTFOUND if there
+ * is none, WF_STATE if it is declared by a definition (remove the field from the workflow file). */
+int wf_schedule_remove(wf_host *h, const char *id);
+
+typedef struct wf_schedule_info {
+  char *id;
+  char *workflow;
+  char *cron;
+  char *timezone;      /* "UTC" or an IANA name */
+  char *input_json;    /* the schedule's input object */
+  char *catch_up;      /* "skip" or "once" */
+  char *overlap;       /* "skip" or "allow" */
+  char *origin;        /* "definition" or "operator" */
+  int64_t next_at;     /* the next firing, 0: none */
+  int64_t last_at;     /* the firing of the last instance started, 0: none yet */
+  char *last_instance; /* its id, or NULL */
+  int64_t missed;      /* firings skipped because they were missed (catch-up) */
+  int64_t overlapped;  /* firings skipped because the previous instance ran (overlap skip) */
+  int64_t created_at;
+  int64_t updated_at;
+} wf_schedule_info;
+
+/* The schedules, by id, as committed. Free with wf_schedules_free(). */
+int wf_schedules(wf_host *h, wf_schedule_info **out /* OUT */, size_t *n /* OUT */);
+void wf_schedules_free(wf_schedule_info *list, size_t n);
+
 /* ---- Running (host mode) ---------------------------------------------------------------- */
 
 /* The loop the host runs on (its own or the one given in the config). */
@@ -431,7 +503,8 @@ int wf_host_drain(wf_host *h);
  * stop the host between any two steps (to restart it, as a crash would). */
 int wf_host_step(wf_host *h, int *busy /* OUT */);
 
-/* The due time of the earliest timer the host has armed (*due), or WF_NOTFOUND if none. A timer
+/* The due time of the earliest timer the host has armed (*due), or WF_NOTFOUND if none: timers,
+ * action deadlines and the next firing of a schedule. A timer
  * whose wait was satisfied meanwhile may still be listed; firing it does nothing. Lets a test
  * with a virtual clock step from timer to timer. */
 int wf_next_timer(wf_host *h, int64_t *due /* OUT */);

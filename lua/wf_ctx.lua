@@ -770,6 +770,50 @@ end
 ---------------------------------------------------------------------------------------------
 local Definition = { __metatable = false }
 
+-- A definition's schedule: a cron string, or { cron, timezone, catch_up, overlap, input }.
+-- Returns it normalized (input as JSON text), or raises a message without a position.
+local schedule_opts = { cron = true, timezone = true, catch_up = true, overlap = true, input = true }
+local function normalize_schedule(s)
+  if type(s) == "string" then s = { cron = s } end
+  if type(s) ~= "table" then
+    error("schedule must be a cron expression (\"*/15 * * * *\") or a table { cron = ..., timezone = ..., " ..
+      "catch_up = ..., overlap = ..., input = ... }", 0)
+  end
+  for k in next, s do
+    if not schedule_opts[k] then
+      error(sformat("schedule: unknown option %q (known: %s)", tostring(k), known(schedule_opts)), 0)
+    end
+  end
+  if type(s.cron) ~= "string" then error("schedule.cron must be a cron expression, like \"*/15 * * * *\"", 0) end
+  if s.timezone ~= nil and type(s.timezone) ~= "string" then
+    error("schedule.timezone must be an IANA zone name, like \"Europe/Berlin\"", 0)
+  end
+  local problem = M.schedule_check(s.cron, s.timezone)
+  if problem then error("schedule: " .. problem, 0) end
+  local catch_up, overlap = s.catch_up or "skip", s.overlap or "skip"
+  if catch_up ~= "skip" and catch_up ~= "once" then
+    error(sformat("schedule.catch_up must be \"skip\" or \"once\", got %s", tostring(catch_up)), 0)
+  end
+  if overlap ~= "skip" and overlap ~= "allow" then
+    error(sformat("schedule.overlap must be \"skip\" or \"allow\", got %s", tostring(overlap)), 0)
+  end
+  local input = s.input or {}
+  if type(input) ~= "table" then error("schedule.input must be a table (the input of each instance)", 0) end
+  if rawget(input, "schedule") ~= nil then
+    error("schedule.input: the field \"schedule\" is reserved: each instance gets the firing there", 0)
+  end
+  local ok, text = pcall(json.encode, input)
+  if not ok then error("schedule.input cannot be stored as JSON: " .. text, 0) end
+  if text:sub(1, 1) ~= "{" then error("schedule.input must be a table of named fields (a JSON object)", 0) end
+  return { cron = s.cron, timezone = s.timezone, catch_up = catch_up, overlap = overlap, input = text }
+end
+
+-- JSON helpers for the host: does the object text s have a top-level field key (even null)?
+function M.object_has(s, key)
+  local ok, v = pcall(json.decode, s)
+  return ok and type(v) == "table" and v[key] ~= nil
+end
+
 function M.define(spec)
   if type(spec) ~= "table" then error("workflow.define expects a table { name, version, run }", 2) end
   local name, version, run = spec.name, spec.version or 1, spec.run
@@ -780,11 +824,18 @@ function M.define(spec)
     error("workflow.define: version must be a positive integer", 2)
   end
   if type(run) ~= "function" then error("workflow.define: run must be a function(ctx, input)", 2) end
+  local schedule
+  if spec.schedule ~= nil then
+    if #name > 100 then error("workflow.define: a workflow with a schedule needs a name of at most 100 bytes", 2) end
+    local ok, s = pcall(normalize_schedule, spec.schedule)
+    if not ok then error("workflow.define: " .. tostring(s), 2) end
+    schedule = s
+  end
   -- Where it is defined (the loader fills this in when a tail call hid the caller).
   local info = debug.getinfo(2, "Sl")
   local known = info and info.source:sub(1, 1) == "@" and info.currentline > 0
   return setmetatable({
-    name = name, version = version, run = run,
+    name = name, version = version, run = run, schedule = schedule,
     source = known and info.short_src or nil, line = known and info.currentline or nil,
   }, Definition)
 end

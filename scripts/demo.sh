@@ -1,7 +1,7 @@
 #!/bin/sh
 # The `make run` demo: the wfhost command running the example workflows end to end on an
 # embedded SQLite database — starts, events, timers, an asynchronous action, a crash
-# (kill -9) and a restart, completion, and the history of each instance.
+# (kill -9) and a restart, completion, the history of each instance, and schedules.
 #   scripts/demo.sh BUILD_DIR
 set -eu
 build=${1:-build}
@@ -72,6 +72,11 @@ say "the history of inv-2 (events, a timeout, an action)"
 
 say "the history of user-1 (timers and reminders across the crash)"
 "$wfhost" show user-1
+
+say "schedules: nightly_report declares one in its file; an operator adds and removes another"
+"$wfhost" schedule add invoice_approval '0 9 * * mon-fri' '{"id":"INV-DAILY","amount":0}' --id weekday-invoice --tz America/New_York
+"$wfhost" schedule list
+"$wfhost" schedule rm weekday-invoice
 
 stop_host
 trap - EXIT

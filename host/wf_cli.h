@@ -43,4 +43,8 @@ void wf_cli_print_show_json(const wf_info *in, const wf_history_entry *hist, siz
 void wf_cli_print_breakers(const wf_breaker_info *list, size_t n);
 void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n);
 
+/* Prints workflow versions as the `workflows` table, or as a JSON array. */
+void wf_cli_print_workflows(const wf_workflow_info *list, size_t n);
+void wf_cli_print_workflows_json(const wf_workflow_info *list, size_t n);
+
 #endif

@@ -448,7 +448,10 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
           lua_pushstring(L, files[i]);
           lua_setfield(L, def, "source");
         }
-        lua_pushstring(L, files[i]); /* the whole path: short_src may be cut */
+        /* The whole path, for the catalog (short_src may be cut). */
+        char *abs = realpath(files[i], NULL);
+        lua_pushstring(L, abs ? abs : files[i]);
+        free(abs);
         lua_setfield(L, def, "file");
         lua_getfield(L, def, "name");
         lua_getfield(L, def, "version");

@@ -367,7 +367,7 @@ end
 
 -- The loaded workflow versions, and those unfinished instances run:
 -- { { workflow, version, loaded, newest, active, file } }, by name and version.
-function Env:workflows()
+function Env:versions()
   return assert(self.h:workflows())
 end
 

@@ -839,8 +839,9 @@ void wf_step_advance(wf_host *h, wf_instance *in) {
     if (in->pend.call) return; /* a call of a dropped coroutine is still out; wait for it */
     build(h, in);
   }
-  /* An action step retrying without end journals entries while its coroutine stays parked. */
-  if (in->co && !in->pend.call && history_limit_reached(h, in)) return;
+  /* An action step retrying without end journals entries while its coroutine stays parked.
+   * A cancellation still goes through: the workflow's handler fails at its next command. */
+  if (in->co && !in->pend.call && !in->cancel_requested && history_limit_reached(h, in)) return;
   while (in->co && deliver(h, in)) {
   }
 }

@@ -18,9 +18,8 @@
 
 int wf_progress_note(wf_host *h, wf_instance *in, lua_State *L) {
   (void)h;
-  int isnum = 0;
-  double pct = lua_tonumberx(L, 3, &isnum);
-  if (!isnum || !(pct >= 0 && pct <= 100)) /* NaN fails both */
+  double pct = lua_type(L, 3) == LUA_TNUMBER ? lua_tonumber(L, 3) : -1;
+  if (!(pct >= 0 && pct <= 100)) /* NaN fails both */
     return luaL_error(L, "ctx:progress(percent, message): percent must be a number from 0 to 100");
   size_t len = 0;
   const char *msg = lua_isnoneornil(L, 4) ? NULL : lua_tolstring(L, 4, &len);

@@ -114,14 +114,17 @@ alive() {
   fi
 }
 
-# Starts `wfhost run` in the background (stderr to $T/hostN.log) and waits until it says it
-# runs. Returns 1 if it exits or does not say so within ~10 s.
+# Starts `wfhost run` in the background (stderr to $T/hostN.log), with the options in
+# $HOST_ARGS, and waits until it says it runs. Returns 1 if it exits or does not say so
+# within ~10 s.
+HOST_ARGS=
 start_host() {
   hostn=$((hostn + 1))
   hostlog="$T/host$hostn.log"
-  "$WFHOST" run --db "$DB" --workflows "$WF" --plugin "$PLUGIN" 2>"$hostlog" &
+  # shellcheck disable=SC2086 # $HOST_ARGS: extra options, split on purpose
+  "$WFHOST" run --db "$DB" --workflows "$WF" --plugin "$PLUGIN" $HOST_ARGS 2>"$hostlog" &
   host=$!
-  last="wfhost run --db $DB --workflows $WF --plugin $PLUGIN (log: $hostlog)"
+  last="wfhost run --db $DB --workflows $WF --plugin $PLUGIN $HOST_ARGS (log: $hostlog)"
   rc=running
   deadline=$(($(now) + 10))
   until grep -qs '^wfhost: running workflows from ' "$hostlog"; do
@@ -164,14 +167,14 @@ cd "$T/cwd" || exit 2
 echo "# usage"
 run "$WFHOST" --help
 check "wfhost --help exits 0 and shows the usage" eval 'rc_is 0 && out_has "Usage: wfhost"'
-for c in run start signal cancel retry list show check; do
+for c in run start signal cancel retry list show workflows check; do
   check "wfhost --help lists '$c'" out_matches "^  $c "
 done
 run "$WFHOST" --version
 check "wfhost --version exits 0 and prints the version" eval 'rc_is 0 && out_matches "^wfhost [0-9][0-9.]*$"'
 run "$WFHOST" --json --version
 check "wfhost --json --version prints {\"version\":...}" eval 'rc_is 0 && out_matches "^{\"version\":\"[0-9.]*\"}$"'
-for c in run start signal cancel retry list show check; do
+for c in run start signal cancel retry list show workflows check; do
   run "$WFHOST" "$c" --help
   check "wfhost $c --help exits 0 and shows its usage" eval 'rc_is 0 && out_matches "^Usage: wfhost .*$c"'
 done
@@ -278,6 +281,13 @@ run "$WFHOST" --db "$DB" start invoice_approval - --id inv-stdin <"$T/input.json
 check "start reads the input from stdin with '-'" eval 'rc_is 0 && [ "$(cat "$OUT")" = inv-stdin ]'
 check "the instance started from stdin waits for Submit with that input" \
   eval 'wait_show inv-stdin "\"waiting_for\":\"event Submit\"" && out_has "\"input\":{\"id\":\"INV-S\"}"'
+
+wf workflows
+check "workflows (text) lists each loaded version, the newest marked, with its file" \
+  eval 'rc_is 0 && out_matches "^WORKFLOW  *VERSION  *LOADED  *ACTIVE  *FILE" && out_matches "^invoice_approval  *1  *newest  *[0-9]  *$WF/invoice_approval.lua$"'
+wf --json workflows
+check "workflows --json: an array of objects" \
+  eval 'rc_is 0 && out_has "{\"workflow\":\"invoice_approval\",\"version\":1,\"loaded\":true,\"newest\":true,\"active\":"'
 
 wf --json list
 check "list --json exits 0 with an array, one instance per line" \
@@ -501,6 +511,72 @@ check "the notify action is not repeated by the retry" \
 check "and escalate was never called" out_lacks '"name":"escalate"'
 wf retry sus-1
 check "retry of the completed instance exits 1" fails_with 1 "not suspended"
+stop_host
+check "the host exits 0 on SIGTERM" eval 'rc_is 0 && err_has "wfhost: stopped"'
+
+# --- versions side by side, a divergence, a patched change ---------------------------------------
+# greet@1 runs g-1 and g-4; greet@2 is deployed beside it. greet@1 is then changed in a way
+# its history cannot replay (g-1 is suspended with the diff), and fixed with ctx:patched: g-1,
+# already past the change, keeps the old path; g-4, not there yet, takes the new one.
+echo "# versions, divergence and ctx:patched"
+greet() { # greet VERSION STEP_ONE: a greet definition whose first step after 'go' is STEP_ONE
+  printf '%s\n' "return workflow.define { name = \"greet\", version = $1, run = function(ctx)" \
+    '  ctx:progress(10, "waiting for go")' '  ctx:wait_for("go")' "  $2" \
+    '  ctx:progress(50, "half way")' '  ctx:wait_for("go")' "  return \"v$1\"" 'end }'
+}
+greet 1 'ctx.actions.echo { step = "one" }' >"$WF/greet@1.lua"
+check "a host starts with greet@1.lua" start_host
+wf start greet --id g-1
+wf start greet --id g-4
+check "g-1 and g-4 start and wait for go" eval 'wait_show g-1 "\"status\":\"waiting\"" && wait_show g-4 "\"status\":\"waiting\""'
+check "show --json has the progress and its message" out_has '"progress":10,"progress_message":"waiting for go"'
+wf list --workflow greet
+check "list has a PROGRESS column when an instance reports progress" \
+  eval 'out_matches "^ID  *WORKFLOW  *VERSION  *STATUS  *STATE  *PROGRESS  *UPDATED" && out_matches "^g-1  *greet  *1  *waiting  *-  *10%"'
+wf signal g-1 go
+check "g-1 passes go, calls echo, and reports half way" wait_show g-1 '"progress":50,'
+wf show g-1
+check "show (text) prints the progress line" out_matches "^progress: *50% half way$"
+stop_host
+greet 2 'ctx.actions.echo { step = "two" }' >"$WF/greet@2.lua"
+check "a host starts with greet@1.lua and greet@2.lua side by side" start_host
+wf start greet --id g-2
+check "a new instance starts on the newest version" wait_show g-2 '"version":2'
+wf workflows
+check "workflows lists both versions, 1 with its two instances, 2 the newest" \
+  eval 'out_matches "^greet  *1  *yes  *2  *$WF/greet@1.lua$" && out_matches "^greet  *2  *newest  *1  *$WF/greet@2.lua$"'
+wf list --workflow greet
+check "list shows the version of each instance" eval 'out_matches "^g-2  *greet  *2 " && out_matches "^g-1  *greet  *1 "'
+stop_host
+greet 1 'ctx.actions.log { message = "one" }' >"$WF/greet@1.lua"
+check "a host starts with an incompatible greet@1.lua" start_host
+wf signal g-1 go
+check "replaying g-1 against it suspends it" wait_show g-1 '"status":"suspended"'
+wf show g-1
+check "show prints the diff: the recorded action and the one the code now calls" \
+  out_matches "^error: *non-determinism at step 2: history has action \`echo\`, the code now calls action \`log\`"
+check "g-4, not past the change, is not disturbed" eval 'wf --json show g-4; out_has "\"status\":\"waiting\""'
+stop_host
+greet 1 'if ctx:patched("log-not-echo") then ctx.actions.log { message = "one" } else ctx.actions.echo { step = "one" } end' \
+  >"$WF/greet@1.lua"
+run "$WFHOST" run --db "$DB" --workflows "$WF" --history-warn 0
+check "run --history-warn 0 is a usage error" usage_error
+HOST_ARGS="--history-warn 8"
+check "a host starts with greet@1.lua guarded by ctx:patched (and --history-warn 8)" start_host
+wf retry g-1
+check "retry g-1: it completes on the old path" wait_show g-1 '"status":"completed"'
+check "g-1 took the go sent while it was suspended and returned v1" \
+  eval 'out_has "\"output\":\"v1\"" && out_lacks "\"kind\":\"patch\"" && out_lacks "\"name\":\"log\""'
+wf signal g-4 go
+check "g-4 reaches the change live: the patch entry, then the new action" \
+  eval 'wait_show g-4 "\"progress\":50," && out_has "\"kind\":\"patch\",\"name\":\"log-not-echo\"" && out_has "\"kind\":\"action\",\"name\":\"log\""'
+wf signal g-4 go
+check "g-4 completes" wait_show g-4 '"status":"completed"'
+wf show g-1
+check "show warns about a history past --history-warn" \
+  out_matches "^history: *[0-9]* entries (warning at 8, limit 100,000): consider ctx:continue_as_new"
+check "the host logged the warning" grep -q "WARN  *\[g-1\] history has [0-9]* entries (warning at 8" "$hostlog"
+HOST_ARGS=
 stop_host
 check "the last host exits 0 on SIGTERM" eval 'rc_is 0 && err_has "wfhost: stopped"'
 check "no host log has a sanitizer report" eval '! grep -lE "Sanitizer|runtime error:" "$T"/host*.log'

@@ -20,7 +20,10 @@
  *      from the cache): each event is taken exactly once, by its instance;
  *   6. a kill while action steps back off before their next attempt: the persisted retry
  *      time is kept (not re-drawn) and the attempt runs once, at that time, or promptly
- *      after the restart if it fell due while no host ran.
+ *      after the restart if it fell due while no host ran;
+ *   7. a kill right after instances took the new path of a ctx:patched change (its patch
+ *      entry and progress committed with the next step's intent): rebuilt by replay, they
+ *      find the entry and keep the new path; none ever takes the old one.
  *
  * Every invocation of the `record` action leaves a line "<key> <attempt> <params>" in a log
  * file (fsync'ed by the plugin before the action completes), so the test sees exactly which
@@ -1191,6 +1194,84 @@ out:
   scen_end(&s, summary);
 }
 
+/* ---- scenario 7: a patched change ----------------------------------------------------- */
+
+#define NPATCH 20
+
+/* All NPATCH patchers have their second step's call out. */
+static int pred_patch_step2(scen *s, void *arg) {
+  (void)arg;
+  recs r = {0};
+  recs_load(s, &r);
+  int n = 0;
+  for (size_t i = 0; i < r.n; i++) n += r.v[i].seq == 2;
+  recs_free(&r);
+  return n >= NPATCH;
+}
+
+/* The instance's patch entries, and its progress as "<percent> <message>". */
+static int patch_entries(scen *s, const char *id, char *progress, size_t cap) {
+  wf_history_entry *e;
+  size_t n;
+  int found = 0;
+  if (wf_history(s->cl, id, &e, &n) != WF_OK) return -1;
+  for (size_t i = 0; i < n; i++)
+    found += !strcmp(e[i].kind, "patch") && e[i].name && !strcmp(e[i].name, "phase-two") && e[i].seq == 1;
+  wf_history_free(e, n);
+  wf_info *info;
+  snprintf(progress, cap, "?");
+  if (wf_get(s->cl, id, &info) == WF_OK) {
+    snprintf(progress, cap, "%g %s", info->progress, info->progress_message ? info->progress_message : "-");
+    wf_info_free(info);
+  }
+  return found;
+}
+
+static void scenario_patched(void) {
+  scen s;
+  scen_begin(&s, "patched", "7 kill after a patch");
+  char id[32], progress[128];
+  recs r = {0};
+  if (!host_spawn(&s, 1000) || !client_open(&s)) goto out;
+  for (int i = 0; i < NPATCH; i++) {
+    snprintf(id, sizeof id, "p%d", i);
+    client_start(&s, "patcher", "null", id);
+  }
+  if (!wait_until(&s, pred_patch_step2, NULL, DEADLINE_MS * 2, "every patcher's second step in flight")) goto out;
+  host_kill(&s);
+
+  /* Committed with the intent of step 2: the patch entry and the progress before it. */
+  for (int i = 0; i < NPATCH; i++) {
+    snprintf(id, sizeof id, "p%d", i);
+    CHECK(patch_entries(&s, id, progress, sizeof progress) == 1);
+    CHECK(!strcmp(progress, "25 recorded"));
+  }
+
+  if (!host_spawn(&s, 0)) goto out;
+  count_arg done = {"completed", "patcher", NPATCH};
+  if (!wait_until(&s, pred_count, &done, DEADLINE_MS * 2, "every patcher completed")) goto out;
+  recs_load(&s, &r);
+  int old_path = 0;
+  for (size_t i = 0; i < r.n; i++) old_path += strstr(r.v[i].params, "\"old\"") != NULL;
+  CHECK(old_path == 0);
+  for (int i = 0; i < NPATCH; i++) {
+    snprintf(id, sizeof id, "p%d", i);
+    wf_info *info;
+    CHECK(wf_get(s.cl, id, &info) == WF_OK && !strcmp(info->status, "completed") && info->output_json &&
+          !strcmp(info->output_json, "true"));
+    wf_info_free(info);
+    CHECK(patch_entries(&s, id, progress, sizeof progress) == 1); /* found on replay, not journaled again */
+    CHECK(!strcmp(progress, "100 took the new path"));
+    size_t idx[4];
+    CHECK(recs_of(&r, id, 1, idx, 4) == 1);
+    CHECK(recs_of(&r, id, 2, idx, 4) == 2); /* in flight at the kill: invoked again */
+  }
+  recs_free(&r);
+  host_stop(&s);
+out:
+  scen_end(&s, "");
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s WFHOST_BINARY CRASH_PLUGIN.so WORKFLOWS_DIR\n", argv[0]);
@@ -1213,5 +1294,6 @@ int main(int argc, char **argv) {
   scenario_down();
   scenario_deliver(seed);
   scenario_backoff();
+  scenario_patched();
   TEST_MAIN_END();
 }

@@ -94,6 +94,47 @@ static void test_open_and_reopen(void) {
   wf_store_close(NULL);
 }
 
+/* Takes a fresh database back to the columns of schema version 2. */
+/* Takes a fresh database back to schema 2: drops what versions 3 (schedules) and 4 (catalog
+ * sources, progress) added. */
+static void drop_v3_columns(const char *path) {
+  char out[64];
+  CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
+  CHECK(raw_sql(path, "ALTER TABLE catalog DROP COLUMN source", out) == 0);
+  CHECK(raw_sql(path, "ALTER TABLE instances DROP COLUMN progress", out) == 0);
+  CHECK(raw_sql(path, "ALTER TABLE instances DROP COLUMN progress_message", out) == 0);
+}
+
+/* Schema versions 3 and 4 add schedules, the catalog's source files and the instances' progress. */
+static void test_migration_from_v2(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "old", "wf", "waiting", 10) == 1);
+  const char *const names[] = {"wf"};
+  const int versions[] = {1};
+  CHECK(wf_store_replace_catalog(st, names, versions, NULL, 1, 5) == WF_OK);
+  wf_store_close(st);
+  char out[64];
+  drop_v3_columns(path);
+  CHECK(raw_sql(path, "PRAGMA user_version = 2", out) == 0);
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && info->progress == -1);
+  wf_info_free(info);
+  int known = 0;
+  CHECK(wf_store_catalog_has(st, "wf", &known) == WF_OK && known == 1);
+  wf_instance_rec r = rec("old", "wf", "waiting", 10);
+  r.has_progress = 1;
+  r.progress = 40;
+  r.progress_message = "copying";
+  CHECK(wf_store_update_instance(st, &r) == WF_OK);
+  CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && info->progress == 40 &&
+        info->progress_message && !strcmp(info->progress_message, "copying"));
+  wf_info_free(info);
+  wf_store_close(st);
+}
+
 /* A database written by the first schema is migrated in place, its data kept. */
 static void test_migration_from_v1(void) {
   char path[256];
@@ -102,12 +143,13 @@ static void test_migration_from_v1(void) {
   wf_store_close(st);
   char out[64];
   CHECK(raw_sql(path, "DROP TABLE breakers", out) == 0);
-  CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
+  drop_v3_columns(path);
   CHECK(raw_sql(path, "PRAGMA user_version = 1", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
   wf_info *info = NULL;
   CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && !strcmp(info->status, "waiting"));
+  CHECK(info && info->progress == -1 && info->progress_message == NULL);
   wf_info_free(info);
   /* The new table works: a breaker written, read back. */
   wf_breaker_rec r = {.action = "charge", .key = "eur", .state = "open", .calls = 20, .failures = 12,
@@ -386,6 +428,30 @@ static void test_requests(void) {
   wf_store_close(st);
 }
 
+/* Appends "name@version:source:count " to the buffer ud. */
+static void collect_version(void *ud, const char *name, int version, const char *source, int64_t count) {
+  char *buf = ud;
+  size_t len = strlen(buf);
+  snprintf(buf + len, 256 - len, "%s@%d:%s:%lld ", name, version, source ? source : "-", (long long)count);
+}
+
+/* The versions unfinished instances run, with their counts; finished ones do not count. */
+static void test_active_versions(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "a", "order", "waiting", 1) == 1);
+  CHECK(insert(st, "b", "order", "suspended", 2) == 1);
+  CHECK(insert(st, "c", "order", "completed", 3) == 1);
+  CHECK(insert(st, "d", "invoice", "running", 4) == 1);
+  wf_instance_rec r = rec("b", "order", "suspended", 2);
+  r.version = 2;
+  CHECK(wf_store_update_instance(st, &r) == WF_OK);
+  char buf[256] = "";
+  CHECK(wf_store_active_versions(st, collect_version, buf) == WF_OK);
+  CHECK(!strcmp(buf, "invoice@1:-:1 order@1:-:1 order@2:-:1 "));
+  wf_store_close(st);
+}
+
 static void test_catalog(void) {
   char path[256];
   wf_store *st = open_fresh(path, sizeof path);
@@ -393,7 +459,11 @@ static void test_catalog(void) {
   CHECK(wf_store_catalog_has(st, "order", &known) == WF_OK && known == -1);
   const char *const names[] = {"order", "order", "invoice"};
   const int versions[] = {1, 2, 1};
-  CHECK(wf_store_replace_catalog(st, names, versions, 3, 100) == WF_OK);
+  const char *const sources[] = {"w/order@1.lua", "w/order@2.lua", NULL};
+  CHECK(wf_store_replace_catalog(st, names, versions, sources, 3, 100) == WF_OK);
+  char seen_cat[256] = "";
+  CHECK(wf_store_each_catalog(st, collect_version, seen_cat) == WF_OK);
+  CHECK(!strcmp(seen_cat, "invoice@1:-:0 order@1:w/order@1.lua:0 order@2:w/order@2.lua:0 "));
   CHECK(wf_store_catalog_has(st, "order", &known) == WF_OK && known == 1);
   CHECK(wf_store_catalog_has(st, "invoice", &known) == WF_OK && known == 1);
   CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == 0);
@@ -401,7 +471,7 @@ static void test_catalog(void) {
   const char *const fewer[] = {"refund"};
   const int one[] = {3};
   CHECK(wf_store_begin(st) == WF_OK);
-  CHECK(wf_store_replace_catalog(st, fewer, one, 1, 200) == WF_OK);
+  CHECK(wf_store_replace_catalog(st, fewer, one, NULL, 1, 200) == WF_OK);
   CHECK(wf_store_commit(st) == WF_OK);
   CHECK(wf_store_catalog_has(st, "order", &known) == WF_OK && known == 0);
   CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == 1);
@@ -409,11 +479,11 @@ static void test_catalog(void) {
   /* A failing entry leaves the previous catalog whole. */
   const char *const bad[] = {"ok", NULL};
   const int two[] = {1, 1};
-  CHECK(wf_store_replace_catalog(st, bad, two, 2, 300) == WF_ERROR);
+  CHECK(wf_store_replace_catalog(st, bad, two, NULL, 2, 300) == WF_ERROR);
   CHECK(has(wf_store_errmsg(st), "replace catalog"));
   CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == 1);
 
-  CHECK(wf_store_replace_catalog(st, NULL, NULL, 0, 400) == WF_OK);
+  CHECK(wf_store_replace_catalog(st, NULL, NULL, NULL, 0, 400) == WF_OK);
   CHECK(wf_store_catalog_has(st, "refund", &known) == WF_OK && known == -1);
   wf_store_close(st);
 }
@@ -651,10 +721,10 @@ static void test_schedules(void) {
   char path[256], out[64];
   wf_store *st = open_fresh(path, sizeof path);
   wf_store_close(st);
-  CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
+  drop_v3_columns(path);
   CHECK(raw_sql(path, "PRAGMA user_version = 2", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
-  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == 3);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
   wf_schedule_rec r = {.id = "nightly", .workflow = "report", .cron = "0 2 * * *", .timezone = NULL,
                        .input = "{}", .catch_up = "skip", .overlap = "skip", .origin = "operator",
                        .next_at = 1000, .updated_at = 10};
@@ -694,6 +764,7 @@ int main(void) {
   test_open_and_reopen();
   test_schedules();
   test_migration_from_v1();
+  test_migration_from_v2();
   test_newer_schema_refused();
   test_garbage_refused();
   test_insert_is_idempotent();
@@ -704,6 +775,7 @@ int main(void) {
   test_timers();
   test_requests();
   test_catalog();
+  test_active_versions();
   test_lock_host();
   test_commit_and_rollback();
   test_commit_failure();

@@ -211,6 +211,10 @@ int wf_host_open(const char *db_path, const wf_config *cfg, wf_host **out) {
   if (!h->cfg.max_payload) h->cfg.max_payload = (size_t)1 << 20;
   if (!h->cfg.poll_interval_ms) h->cfg.poll_interval_ms = 10;
   if (!h->cfg.clock) h->cfg.clock = real_clock;
+  if (!h->cfg.history_warn) h->cfg.history_warn = 10000;
+  if (!h->cfg.history_limit) h->cfg.history_limit = 100000;
+  if (h->cfg.history_warn < 0 || h->cfg.history_limit < 0)
+    return wf_fail(h, WF_INVALID, "history_warn and history_limit must be >= 0 (0: the default)");
   if (!db_path) return wf_fail(h, WF_INVALID, "no database path");
   h->db_path = wf_strdup(db_path);
   seed_rng(h->rng, h->cfg.seed);
@@ -237,6 +241,7 @@ void wf_host_close(wf_host *h) {
   if (h->cfg.mode == WF_MODE_HOST && h->loop) wf_engine_shutdown(h);
   wf_action_free_all(h);
   wf_breaker_free_all(h);
+  wf_histsize_free(h);
   wf_lua_close(h);
   wf_store_close(h->st);
   free(h->db_path);
@@ -548,6 +553,7 @@ static void info_fields_free(wf_info *i) {
   free(i->output_json);
   free(i->error);
   free(i->waiting_for);
+  free(i->progress_message);
 }
 
 void wf_info_free(wf_info *info) {
@@ -568,6 +574,94 @@ void wf_history_free(wf_history_entry *e, size_t n) {
     free(e[i].data_json);
   }
   free(e);
+}
+
+/* ---- workflow versions --------------------------------------------------------------- */
+
+typedef struct {
+  wf_workflow_info *list;
+  size_t n, cap;
+} versions_acc;
+
+static wf_workflow_info *version_entry(versions_acc *acc, const char *name, int version) {
+  for (size_t i = 0; i < acc->n; i++)
+    if (acc->list[i].version == version && !strcmp(acc->list[i].name, name)) return &acc->list[i];
+  if (acc->n == acc->cap) {
+    acc->cap = acc->cap ? acc->cap * 2 : 16;
+    acc->list = wf_xrealloc(acc->list, acc->cap * sizeof *acc->list);
+  }
+  wf_workflow_info *w = &acc->list[acc->n++];
+  memset(w, 0, sizeof *w);
+  w->name = wf_strdup(name);
+  w->version = version;
+  return w;
+}
+
+static void add_loaded(void *ud, const char *name, int version, const char *source, int64_t count) {
+  (void)count;
+  wf_workflow_info *w = version_entry(ud, name, version);
+  w->loaded = 1;
+  free(w->source);
+  w->source = wf_strdup(source);
+}
+
+static void add_active(void *ud, const char *name, int version, const char *source, int64_t count) {
+  (void)source;
+  if (version <= 0) return; /* a pending instance whose version is chosen when it first runs */
+  version_entry(ud, name, version)->active = count;
+}
+
+static int cmp_version(const void *a, const void *b) {
+  const wf_workflow_info *x = a, *y = b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : (x->version > y->version) - (x->version < y->version);
+}
+
+int wf_workflows(wf_host *h, wf_workflow_info **out, size_t *n) {
+  if (!h || !out || !n) return WF_MISUSE;
+  *out = NULL;
+  *n = 0;
+  versions_acc acc = {0};
+  int rc = WF_OK;
+  if (h->cfg.mode == WF_MODE_HOST) {
+    char **names, **sources;
+    int *versions;
+    size_t k = wf_lua_workflow_names(h, &names, &versions, &sources);
+    for (size_t i = 0; i < k; i++) {
+      add_loaded(&acc, names[i], versions[i], sources[i], 0);
+      free(names[i]);
+      free(sources[i]);
+    }
+    free(names);
+    free(sources);
+    free(versions);
+  } else {
+    rc = wf_store_each_catalog(h->st, add_loaded, &acc);
+  }
+  if (rc == WF_OK) rc = wf_store_active_versions(h->st, add_active, &acc);
+  if (rc != WF_OK) {
+    wf_workflows_free(acc.list, acc.n);
+    return wf_fail(h, rc, "%s", wf_store_errmsg(h->st));
+  }
+  if (acc.n) qsort(acc.list, acc.n, sizeof *acc.list, cmp_version);
+  /* Sorted by name, then version: the newest loaded version of a name is its last loaded one. */
+  for (size_t i = 0; i < acc.n; i++) {
+    if (!acc.list[i].loaded) continue;
+    size_t j = i + 1;
+    while (j < acc.n && !strcmp(acc.list[j].name, acc.list[i].name) && !acc.list[j].loaded) j++;
+    acc.list[i].newest = !(j < acc.n && !strcmp(acc.list[j].name, acc.list[i].name));
+  }
+  *out = acc.list;
+  *n = acc.n;
+  return WF_OK;
+}
+
+void wf_workflows_free(wf_workflow_info *list, size_t n) {
+  for (size_t i = 0; list && i < n; i++) {
+    free(list[i].name);
+    free(list[i].source);
+  }
+  free(list);
 }
 
 int wf_replay_check(wf_host *h, const char *id, char **report) {

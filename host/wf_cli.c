@@ -326,6 +326,22 @@ static int cmd_show(cli *c) {
   return st;
 }
 
+static int cmd_workflows(cli *c) {
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return st;
+  wf_workflow_info *list = NULL;
+  size_t n = 0;
+  int rc = wf_workflows(h, &list, &n);
+  if (rc != WF_OK) st = fail_host(h, rc);
+  else if (c->json) wf_cli_print_workflows_json(list, n);
+  else if (n == 0) fprintf(stderr, "wfhost: no workflows: no host has loaded any on this database yet\n");
+  else wf_cli_print_workflows(list, n);
+  wf_workflows_free(list, n);
+  wf_host_close(h);
+  return st;
+}
+
 /* breakers | breakers isolate ACTION [KEY] | breakers close ACTION [KEY] */
 static int cmd_breakers(cli *c) {
   const char *op = c->npos ? c->pos[0] : NULL;
@@ -520,6 +536,7 @@ static int load_plugin(wf_host *h, const char *file, void **handle) {
 static int cmd_run(cli *c) {
   const char *dir = opt_last(c, "--workflows"), *dur = opt_last(c, "--durability");
   const char *cache = opt_last(c, "--cache-size"), *lvl = opt_last(c, "--log-level");
+  const char *hwarn = opt_last(c, "--history-warn"), *hlimit = opt_last(c, "--history-limit");
   if (!dir) dir = DEFAULT_WORKFLOWS;
   wf_config cfg;
   wf_config_init(&cfg);
@@ -531,6 +548,15 @@ static int cmd_run(cli *c) {
   }
   if (cache && (parse_int(cache, &cfg.cache_size) || cfg.cache_size == 0))
     return usage_error("--cache-size takes a number of instances >= 1, not '%s'", cache);
+  int v;
+  if (hwarn) {
+    if (parse_int(hwarn, &v) || v == 0) return usage_error("--history-warn takes a number of entries >= 1, not '%s'", hwarn);
+    cfg.history_warn = v;
+  }
+  if (hlimit) {
+    if (parse_int(hlimit, &v) || v == 0) return usage_error("--history-limit takes a number of entries >= 1, not '%s'", hlimit);
+    cfg.history_limit = v;
+  }
   if (lvl) {
     static const char *const names[] = {"debug", "info", "warn", "error"};
     int k = 0;
@@ -588,7 +614,7 @@ done:
 /* ---- the command table and main ------------------------------------------------------------- */
 
 static const char *const run_opts[] = {"--workflows", "--plugin", "--durability", "--cache-size",
-                                       "--log-level", NULL};
+                                       "--log-level", "--history-warn", "--history-limit", NULL};
 static const char *const start_opts[] = {"--id", NULL};
 static const char *const list_opts[] = {"--status", "--workflow", "--limit", NULL};
 static const char *const no_opts[] = {NULL};
@@ -597,7 +623,7 @@ static const char *const schedule_opts[] = {"--id", "--tz", "--catch-up", "--ove
 static const command commands[] = {
   {"run", cmd_run, 0, 0, run_opts,
    "run [--workflows DIR] [--plugin FILE.so]... [--durability full|normal] [--cache-size N] "
-   "[--log-level LEVEL]",
+   "[--log-level LEVEL] [--history-warn N] [--history-limit N]",
    "run the host: execute instances until SIGINT or SIGTERM",
    "Opens the database as its host (one host per database), loads the actions of each plugin and\n"
    "the workflow files of DIR, and runs instances until SIGINT or SIGTERM; the host then commits\n"
@@ -610,7 +636,11 @@ static const command commands[] = {
    "  --durability MODE      full (default): a committed step survives power loss;\n"
    "                         normal: survives a crash of the process, faster on slow disks\n"
    "  --cache-size N         live coroutines kept in memory (default 10000)\n"
-   "  --log-level LEVEL      debug, info (default), warn or error\n\n"
+   "  --log-level LEVEL      debug, info (default), warn or error\n"
+   "  --history-warn N       warn (log and 'wfhost show') when an instance's history passes N\n"
+   "                         entries (default 10000)\n"
+   "  --history-limit N      fail an instance rather than let its history pass N entries\n"
+   "                         (default 100000); ctx:continue_as_new keeps a history bounded\n\n"
    "Example:\n"
    "  wfhost --db /var/lib/wfhost/prod.db run --workflows ./workflows --plugin ./myactions.so\n"},
   {"start", cmd_start, 1, 2, start_opts, "start WORKFLOW [JSON] [--id ID]",
@@ -653,6 +683,15 @@ static const command commands[] = {
    "journal entry. With --json: one object including the full history.\n\n"
    "Example:\n"
    "  wfhost show inv-7\n"},
+  {"workflows", cmd_workflows, 0, 0, no_opts, "workflows", "list the loaded workflow versions",
+   "Lists every workflow version the host loaded (a file per version: order@1.lua, order@2.lua)\n"
+   "and every version that unfinished instances still run, with the count of those instances\n"
+   "(ACTIVE) and the file it was loaded from. New instances start on the version marked newest;\n"
+   "a running instance keeps the version it started on. An instance of a version marked\n"
+   "'not loaded' is suspended when it next runs, until a host loads that version again and the\n"
+   "instance is retried. With --json: an array of objects.\n\n"
+   "Example:\n"
+   "  wfhost workflows\n"},
   {"breakers", cmd_breakers, 0, 3, no_opts, "breakers [isolate|close ACTION [KEY]]",
    "show circuit breakers, or open or close one by hand",
    "Without arguments: each circuit breaker the host has written, with its state (closed, open,\n"
@@ -702,7 +741,7 @@ static const command commands[] = {
 static void print_global_help(FILE *f) {
   fprintf(f, "wfhost %s - a durable workflow host\n\n"
              "Usage: wfhost [--db PATH] [--json] COMMAND [ARGS]\n\nCommands:\n", WFHOST_VERSION);
-  for (size_t i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].summary);
+  for (size_t i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
   fputs("\nGlobal options (before or after the command):\n"
         "  --db PATH    the database (default: $WFHOST_DB, else ./wfhost.db)\n"
         "  --json       machine-readable output on stdout\n"

@@ -48,5 +48,8 @@ void wf_cli_print_schedules(const wf_schedule_info *list, size_t n);
 void wf_cli_print_schedules_json(const wf_schedule_info *list, size_t n);
 /* Prints the line `schedule add` answers with: the id and the next firing. */
 void wf_cli_print_schedule_added(const wf_schedule_info *s);
+/* Prints workflow versions as the `workflows` table, or as a JSON array. */
+void wf_cli_print_workflows(const wf_workflow_info *list, size_t n);
+void wf_cli_print_workflows_json(const wf_workflow_info *list, size_t n);
 
 #endif

@@ -290,6 +290,9 @@ static void json_info_fields(FILE *f, const wf_info *in) {
   wf_cli_json_str(f, in->state);
   fputs(",\"waiting_for\":", f);
   wf_cli_json_str(f, in->waiting_for);
+  if (in->progress >= 0) fprintf(f, ",\"progress\":%.15g,\"progress_message\":", in->progress);
+  else fputs(",\"progress\":null,\"progress_message\":", f);
+  wf_cli_json_str(f, in->progress_message);
   fputs(",\"created_at\":", f);
   json_time(f, in->created_at);
   fputs(",\"updated_at\":", f);
@@ -343,25 +346,49 @@ static char *fmt_cell(const char *fmt, ...) {
   return one_line(buf, 0);
 }
 
+/* A percentage as "42%" or "42.5%". */
+static void fmt_percent(double p, char out[16]) {
+  if (p == (double)(int)p) snprintf(out, 16, "%d%%", (int)p);
+  else snprintf(out, 16, "%.1f%%", p);
+}
+
+/* v with thousands separators: 100000 -> "100,000". */
+static void fmt_grouped(long long v, char out[32]) {
+  char digits[24];
+  int len = snprintf(digits, sizeof digits, "%lld", v < 0 ? 0 : v), j = 0;
+  for (int i = 0; i < len; i++) {
+    if (i && (len - i) % 3 == 0) out[j++] = ',';
+    out[j++] = digits[i];
+  }
+  out[j] = 0;
+}
+
 void wf_cli_print_list(const wf_info *list, size_t n) {
-  table t = {.ncols = 7};
-  const char *head[] = {"ID", "WORKFLOW", "VERSION", "STATUS", "STATE", "UPDATED", "WAITING FOR"};
-  char *row[7];
-  for (int i = 0; i < 7; i++) row[i] = one_line(head[i], 0);
+  /* The PROGRESS column only when an instance reports progress. */
+  int progress = 0;
+  for (size_t k = 0; k < n; k++) progress |= list[k].progress >= 0;
+  table t = {.ncols = progress ? 8 : 7};
+  const char *head[] = {"ID", "WORKFLOW", "VERSION", "STATUS", "STATE", "PROGRESS", "UPDATED", "WAITING FOR"};
+  char *row[8];
+  for (int i = 0, j = 0; i < 8; i++)
+    if (i != 5 || progress) row[j++] = one_line(head[i], 0);
   table_add(&t, (const char *const *)row);
   for (size_t k = 0; k < n; k++) {
-    char when[40];
+    char when[40], pct[16];
     fmt_time(list[k].updated_at, 0, when);
-    row[0] = one_line(list[k].id, 0);
-    row[1] = one_line(list[k].workflow, 0);
-    row[2] = list[k].version ? fmt_cell("%d", list[k].version) : one_line(NULL, 0);
-    row[3] = one_line(list[k].status, 0);
-    row[4] = one_line(list[k].state, 0);
-    row[5] = one_line(list[k].updated_at ? when : NULL, 0);
-    row[6] = one_line(list[k].waiting_for, 0);
+    fmt_percent(list[k].progress, pct);
+    int j = 0;
+    row[j++] = one_line(list[k].id, 0);
+    row[j++] = one_line(list[k].workflow, 0);
+    row[j++] = list[k].version ? fmt_cell("%d", list[k].version) : one_line(NULL, 0);
+    row[j++] = one_line(list[k].status, 0);
+    row[j++] = one_line(list[k].state, 0);
+    if (progress) row[j++] = one_line(list[k].progress >= 0 ? pct : NULL, 0);
+    row[j++] = one_line(list[k].updated_at ? when : NULL, 0);
+    row[j++] = one_line(list[k].waiting_for, 0);
     table_add(&t, (const char *const *)row);
   }
-  table_print(&t, "", 1u << 2);
+  table_print(&t, "", 1u << 2 | (progress ? 1u << 5 : 0));
 }
 
 /* One labelled field of `show`; multi-line values continue under the value column. Other
@@ -402,6 +429,13 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
   show_field("workflow:", wf);
   show_field("status:", in->status);
   show_field("state:", in->state ? in->state : "-");
+  if (in->progress >= 0) {
+    char pct[16], line[400];
+    fmt_percent(in->progress, pct);
+    snprintf(line, sizeof line, "%s%s%.300s", pct, in->progress_message ? " " : "",
+             in->progress_message ? in->progress_message : "");
+    show_field("progress:", line);
+  }
   if (in->waiting_for) show_field("waiting for:", in->waiting_for);
   show_field("created:", in->created_at ? created : "-");
   show_field("updated:", in->updated_at ? updated : "-");
@@ -409,6 +443,21 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
   show_field("data:", in->data_json ? in->data_json : "{}");
   show_field("output:", in->output_json);
   show_field("error:", in->error);
+  /* The host journals a history_warning entry when the history passed its warning size. */
+  const wf_history_entry *warned = NULL;
+  for (size_t k = 0; k < nh; k++)
+    if (!strcmp(hist[k].kind, "history_warning")) warned = &hist[k];
+  if (warned) {
+    const char *w = warned->data_json ? strstr(warned->data_json, "\"warn\":") : NULL;
+    const char *l = warned->data_json ? strstr(warned->data_json, "\"limit\":") : NULL;
+    char count[32], warn[32], limit[32], line[200];
+    fmt_grouped((long long)nh, count);
+    fmt_grouped(w ? strtoll(w + 7, NULL, 10) : 0, warn);
+    fmt_grouped(l ? strtoll(l + 8, NULL, 10) : 0, limit);
+    snprintf(line, sizeof line, "%s entries (warning at %s, limit %s): consider ctx:continue_as_new", count, warn,
+             limit);
+    show_field("history:", line);
+  }
   printf("\nhistory (%zu %s):\n", nh, nh == 1 ? "entry" : "entries");
   if (!nh) return;
   table t = {.ncols = 6};
@@ -541,4 +590,35 @@ void wf_cli_print_schedule_added(const wf_schedule_info *s) {
   int zoned = strcmp(s->timezone, "UTC") != 0;
   printf("%s: next firing at %s%s%s%s\n", s->id, s->next_at ? next : "(never)", zoned ? " (cron in " : "",
          zoned ? s->timezone : "", zoned ? ")" : "");
+}
+/* ---- workflow versions ------------------------------------------------------------------- */
+
+void wf_cli_print_workflows(const wf_workflow_info *list, size_t n) {
+  table t = {.ncols = 5};
+  const char *head[] = {"WORKFLOW", "VERSION", "LOADED", "ACTIVE", "FILE"};
+  char *row[5];
+  for (int i = 0; i < 5; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  for (size_t k = 0; k < n; k++) {
+    row[0] = one_line(list[k].name, 0);
+    row[1] = fmt_cell("%d", list[k].version);
+    row[2] = one_line(list[k].newest ? "newest" : list[k].loaded ? "yes" : "NOT LOADED", 0);
+    row[3] = fmt_cell("%lld", (long long)list[k].active);
+    row[4] = one_line(list[k].source, 0);
+    table_add(&t, (const char *const *)row);
+  }
+  table_print(&t, "", 1u << 1 | 1u << 3);
+}
+
+void wf_cli_print_workflows_json(const wf_workflow_info *list, size_t n) {
+  fputc('[', stdout);
+  for (size_t i = 0; i < n; i++) {
+    fputs(i ? ",\n  {\"workflow\":" : "\n  {\"workflow\":", stdout);
+    wf_cli_json_str(stdout, list[i].name);
+    printf(",\"version\":%d,\"loaded\":%s,\"newest\":%s,\"active\":%lld,\"file\":", list[i].version,
+           list[i].loaded ? "true" : "false", list[i].newest ? "true" : "false", (long long)list[i].active);
+    wf_cli_json_str(stdout, list[i].source);
+    fputc('}', stdout);
+  }
+  fputs(n ? "\n]\n" : "]\n", stdout);
 }

@@ -168,6 +168,7 @@ void wf_instance_release(wf_host *h, wf_instance *in) {
   free(in->data);
   free(in->output);
   free(in->error);
+  free(in->progress_msg);
   free(in->row_wait);
   free(in->dry_report);
   free(in->saga_msg);
@@ -254,6 +255,7 @@ void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kin
   if (in->dry) return;
   touch(h, in);
   wf_engine_store_rc(h, wf_store_append_history(h->st, in->id, ++in->pos, seq, kind, name, data, wf_now(h)));
+  if (in->pos >= h->cfg.history_warn) wf_histsize_grew(h, in);
 }
 
 /* ---- ready queue --------------------------------------------------------------------- */
@@ -619,7 +621,9 @@ static void write_row(wf_host *h, wf_instance *in) {
                        .status = wf_status_name(in->status), .state = in->state,
                        .input = in->input, .data = in->data ? in->data : "{}",
                        .output = in->output, .error = in->error, .waiting_for = wait,
-                       .created_at = in->created_at, .updated_at = wf_now(h)};
+                       .created_at = in->created_at, .updated_at = wf_now(h),
+                       .has_progress = in->has_progress, .progress = in->progress,
+                       .progress_message = in->progress_msg};
   wf_engine_store_rc(h, wf_store_update_instance(h->st, &r));
   free(in->row_wait);
   in->row_wait = wait;
@@ -838,17 +842,22 @@ int wf_engine_init(wf_host *h) {
 }
 
 void wf_engine_store_catalog(wf_host *h) {
-  char **names = NULL;
+  char **names = NULL, **sources = NULL;
   int *versions = NULL;
-  size_t n = wf_lua_workflow_names(h, &names, &versions);
+  size_t n = wf_lua_workflow_names(h, &names, &versions, &sources);
   if (wf_store_begin(h->st) == WF_OK) {
-    if (wf_store_replace_catalog(h->st, (const char *const *)names, versions, n, wf_now(h)) == WF_OK)
+    if (wf_store_replace_catalog(h->st, (const char *const *)names, versions, (const char *const *)sources, n,
+                                 wf_now(h)) == WF_OK)
       wf_store_commit(h->st);
     else
       wf_store_rollback(h->st);
   }
-  for (size_t i = 0; i < n; i++) free(names[i]);
+  for (size_t i = 0; i < n; i++) {
+    free(names[i]);
+    free(sources[i]);
+  }
   free(names);
+  free(sources);
   free(versions);
 }
 

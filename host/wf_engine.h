@@ -11,6 +11,9 @@
  *   wf_http.c    the built-in action http.request (libcurl on the host's loop)
  *   wf_sched.c   schedules: firing cron schedules as instances, and their public functions
  *   wf_cron.c    cron expressions and time zones (wf_cron.h)
+ *   wf_patch.c   ctx:patched: rolling a code change out to running instances
+ *   wf_progress.c ctx:progress: an instance's progress, in its row
+ *   wf_histsize.c the size of a history: the warning and the hard limit
  *   wf_api.c     the public functions of wfhost.h
  * Nothing here is visible to users of the library.
  */
@@ -174,6 +177,8 @@ struct wf_instance {
   char *data;        /* ctx.data as last written, JSON */
   char *output;      /* JSON once completed */
   char *error;       /* failure / suspension text */
+  double progress;   /* ctx:progress: 0 to 100, if has_progress */
+  char *progress_msg; /* ... and its message, or NULL */
   wf_status row_status; /* status and waiting_for as the store has them: a row is written */
   char *row_wait;       /* only when they (or row_dirty fields) change */
   char *dry_report;  /* a replay check's verdict: NULL while it agrees, else the divergence */
@@ -190,6 +195,7 @@ struct wf_instance {
   unsigned in_ready : 1;
   unsigned in_lru : 1;
   unsigned dry : 1;              /* a replay check: nothing is written, nothing is invoked */
+  unsigned has_progress : 1;     /* ctx:progress was called (progress is in the row) */
 
   wf_instance *ready_next;
   wf_instance *lru_prev, *lru_next;
@@ -354,6 +360,7 @@ struct wf_host {
 
   uint64_t rng[4];
   uint64_t id_rng[4];
+  void *hist_warned; /* ids warned about their history size in this run (wf_histsize.c) */
 };
 
 /* ---- wf_api.c ---- */
@@ -398,8 +405,9 @@ void wf_lua_arm_budget(wf_host *h, lua_State *co);
 char *wf_json_get(wf_host *h, const char *json, const char *field);
 /* Checks JSON text; 0 if valid, else writes a message to err. */
 int wf_json_check(wf_host *h, const char *json, char *err, size_t errlen);
-/* Names of loaded workflows (for the catalog). */
-size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions);
+/* Names, versions and (if sources is not NULL) source files of the loaded workflows (for the
+ * catalog); the caller frees each string and the arrays. */
+size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions, char ***sources);
 /* A schedule declared by a workflow definition (its newest loaded version). */
 typedef struct wf_def_schedule {
   char *workflow, *cron, *timezone /* NULL: UTC */, *catch_up, *overlap, *input /* JSON object */;
@@ -549,6 +557,24 @@ void wf_sched_arm(wf_host *h);
 void wf_sched_free_all(wf_host *h);
 /* Lua: schedule_check(cron, timezone) -> nil, or the message of what is wrong (workflow.define). */
 int wf_sched_l_check(lua_State *L);
+
+/* ---- wf_patch.c, wf_progress.c: `note` kinds ---- */
+/* note(_, "patched", change_id): pushes whether the running instance takes the new code path
+ * (journaling the patch entry when it is live); returns 1. Raises on a bad change id. */
+int wf_patch_note(wf_host *h, wf_instance *in, lua_State *L);
+/* note(_, "progress", percent, message): sets the instance's progress; returns 0. */
+int wf_progress_note(wf_host *h, wf_instance *in, lua_State *L);
+
+/* ---- wf_histsize.c ---- */
+/* After an entry was journaled: warns once per instance per run past cfg.history_warn. */
+void wf_histsize_grew(wf_host *h, wf_instance *in);
+/* 1 if the history holds cfg.history_limit entries: the instance may journal no more. */
+int wf_histsize_full(wf_host *h, const wf_instance *in);
+/* The message an instance fails with at the limit. */
+void wf_histsize_message(wf_host *h, const wf_instance *in, char *buf, size_t n);
+/* Raises that message in L if the history is full (for a note about to journal). */
+void wf_histsize_check_note(wf_host *h, wf_instance *in, lua_State *L);
+void wf_histsize_free(wf_host *h);
 
 /* ---- wf_http.c ---- */
 /* Registers the built-in action http.request. */

@@ -373,6 +373,38 @@ static int define_line(const char *path) {
   return found;
 }
 
+/* A file named NAME@VERSION.lua must define workflow NAME at VERSION, so that the name of a
+ * file tells which version it holds. Returns 0, or -1 with the problem in msg. */
+static int check_versioned_name(const char *path, int line, const char *name, int version, char *msg, size_t n) {
+  const char *base = strrchr(path, '/');
+  base = base ? base + 1 : path;
+  const char *at = strrchr(base, '@');
+  if (!at) return 0;
+  size_t stem = (size_t)(strrchr(base, '.') - base); /* the name ends with ".lua" */
+  const char *digits = at + 1;
+  size_t nd = stem - (size_t)(digits - base);
+  long v = 0;
+  int ok = nd > 0 && nd <= 9 && digits[0] != '0' && strspn(digits, "0123456789") >= nd;
+  for (size_t i = 0; ok && i < nd; i++) v = v * 10 + (digits[i] - '0');
+  if (!ok) {
+    snprintf(msg, n, "%s: a versioned workflow file is named NAME@VERSION.lua with VERSION a positive "
+             "integer (like order@2.lua)", path);
+    return -1;
+  }
+  size_t nlen = (size_t)(at - base);
+  if (strlen(name) != nlen || strncmp(name, base, nlen) != 0) {
+    snprintf(msg, n, "%s:%d: the file name says workflow '%.*s', but the file defines '%s': rename the file "
+             "%s@%d.lua", path, line, (int)nlen, base, name, name, version);
+    return -1;
+  }
+  if (v != version) {
+    snprintf(msg, n, "%s:%d: the file name says version %ld, but the definition has version = %d: rename "
+             "the file %s@%d.lua, or set version = %ld", path, line, v, version, name, version, v);
+    return -1;
+  }
+  return 0;
+}
+
 static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -452,12 +484,20 @@ int wf_lua_load_dir(wf_host *h, const char *dir, int check_only) {
           lua_pushstring(L, files[i]);
           lua_setfield(L, def, "source");
         }
+        /* The whole path, for the catalog (short_src may be cut). */
+        char *abs = realpath(files[i], NULL);
+        lua_pushstring(L, abs ? abs : files[i]);
+        free(abs);
+        lua_setfield(L, def, "file");
         lua_getfield(L, def, "name");
         lua_getfield(L, def, "version");
         char key[300];
         snprintf(key, sizeof key, "%s@%d", lua_tostring(L, -2), (int)lua_tointeger(L, -1));
         lua_getfield(L, found, key);
-        if (!lua_isnil(L, -1)) {
+        if (check_versioned_name(files[i], line, lua_tostring(L, def + 1), (int)lua_tointeger(L, def + 2), msg,
+                                 sizeof msg) != 0) {
+          /* msg says what is wrong */
+        } else if (!lua_isnil(L, -1)) {
           lua_getfield(L, -1, "source");
           lua_getfield(L, -2, "line");
           snprintf(msg, sizeof msg, "%s:%d: duplicate workflow '%s' version %d (also defined at %s:%d)",
@@ -552,11 +592,12 @@ int wf_lua_has_workflow(wf_host *h, const char *workflow) {
   return v;
 }
 
-size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions) {
+size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions, char ***sources) {
   lua_State *L = h->L;
   size_t n = 0;
   *names = NULL;
   *versions = NULL;
+  if (sources) *sources = NULL;
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->defs_ref);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
@@ -568,6 +609,12 @@ size_t wf_lua_workflow_names(wf_host *h, char ***names, int **versions) {
       (*names)[n] = wf_strdup(lua_tostring(L, -2));
       (*versions)[n] = (int)lua_tointeger(L, -1);
       lua_pop(L, 2);
+      if (sources) {
+        *sources = wf_xrealloc(*sources, (n + 1) * sizeof **sources);
+        lua_getfield(L, -1, "file");
+        (*sources)[n] = wf_strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+      }
       n++;
     }
     lua_pop(L, 1);

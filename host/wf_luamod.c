@@ -125,7 +125,8 @@ static int64_t opt_int(lua_State *L, int t, const char *k, int64_t def) {
 }
 
 /* wfhost.open { db =, workflows =, virtual_time =, now =, seed =, cache_size =,
- *               instruction_budget =, memory_limit =, max_payload =, durability = "full"|"normal",
+ *               instruction_budget =, memory_limit =, max_payload =, history_warn =,
+ *               history_limit =, durability = "full"|"normal",
  *               client = bool, log_level = "debug"|"info"|"warn"|"error"|"none" } */
 static int l_open(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -154,6 +155,8 @@ static int l_open(lua_State *L) {
   cfg.instruction_budget = opt_int(L, 1, "instruction_budget", 0);
   cfg.memory_limit = (size_t)opt_int(L, 1, "memory_limit", 0);
   cfg.max_payload = (size_t)opt_int(L, 1, "max_payload", 0);
+  cfg.history_warn = opt_int(L, 1, "history_warn", 0);
+  cfg.history_limit = opt_int(L, 1, "history_limit", 0);
   lua_getfield(L, 1, "durability");
   if (lua_isstring(L, -1) && !strcmp(lua_tostring(L, -1), "normal")) cfg.durability = WF_DURABILITY_NORMAL;
   lua_getfield(L, 1, "log_level");
@@ -501,6 +504,11 @@ static void push_info(lua_State *L, const wf_info *i) {
   lua_setfield(L, -2, "created_at");
   lua_pushinteger(L, i->updated_at);
   lua_setfield(L, -2, "updated_at");
+  if (i->progress >= 0) {
+    lua_pushnumber(L, i->progress);
+    lua_setfield(L, -2, "progress");
+    set_str(L, "progress_message", i->progress_message);
+  }
 }
 
 static int l_get(lua_State *L) {
@@ -592,6 +600,32 @@ static int l_history(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   wf_history_free(e, n);
+  return 1;
+}
+
+/* h:workflows() -> { { workflow, version, loaded, newest, active, file }, ... } */
+static int l_workflows(lua_State *L) {
+  lhost *lh = check_host(L);
+  wf_workflow_info *w;
+  size_t n;
+  int rc = wf_workflows(lh->h, &w, &n);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 6);
+    set_str(L, "workflow", w[i].name);
+    lua_pushinteger(L, w[i].version);
+    lua_setfield(L, -2, "version");
+    lua_pushboolean(L, w[i].loaded);
+    lua_setfield(L, -2, "loaded");
+    lua_pushboolean(L, w[i].newest);
+    lua_setfield(L, -2, "newest");
+    lua_pushinteger(L, w[i].active);
+    lua_setfield(L, -2, "active");
+    set_str(L, "file", w[i].source);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  wf_workflows_free(w, n);
   return 1;
 }
 
@@ -735,6 +769,7 @@ static const luaL_Reg host_methods[] = {
   {"snapshot", l_snapshot}, {"next_timer", l_next_timer}, {"set_now", l_set_now},
   {"load_plugin", l_load_plugin}, {"breakers", l_breakers}, {"isolate", l_isolate},
   {"close_breaker", l_close_breaker}, {"action_stats", l_action_stats}, {"schedules", l_schedules},
+  {"workflows", l_workflows},
   {NULL, NULL}};
 
 int luaopen_wfhost(lua_State *L);

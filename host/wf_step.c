@@ -428,6 +428,16 @@ static void finish(wf_host *h, wf_instance *in, int rc) {
   free(msg);
 }
 
+/* Fails the instance if its history is at the hard limit (wf_histsize.c), before it
+ * journals more; returns 1 if it did. */
+static int history_limit_reached(wf_host *h, wf_instance *in) {
+  if (in->dry || !wf_histsize_full(h, in)) return 0;
+  char msg[400];
+  wf_histsize_message(h, in, msg, sizeof msg);
+  fail_with(h, in, msg);
+  return 1;
+}
+
 /* ---- commands ----------------------------------------------------------------------- */
 
 /* An event as journaled and as resumed with: {"at":<arrival ms>,"data":<payload>}. */
@@ -741,6 +751,7 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
   } else {
     in->replaying = 0;
     /* Live. */
+    if (history_limit_reached(h, in)) goto done;
     int64_t now = wf_now(h);
     if (!strcmp(kind, "action")) {
       if (!action) {
@@ -839,6 +850,13 @@ done:
 
 /* ---- the driver --------------------------------------------------------------------- */
 
+/* An action call of the instance is in flight. */
+static int has_call(const wf_instance *in) {
+  for (const wf_pend *p = in->pends; p; p = p->next)
+    if (p->call) return 1;
+  return 0;
+}
+
 /* Running while an action is in flight; else waiting. */
 static wf_status park_status(const wf_instance *in) {
   for (const wf_pend *p = in->pends; p; p = p->next)
@@ -900,6 +918,9 @@ static int load_row(wf_host *h, wf_instance *in) {
     in->input = wf_strdup(info->input_json);
     in->state = wf_strdup(info->state);
     in->data = wf_strdup(info->data_json);
+    in->has_progress = info->progress >= 0;
+    in->progress = info->progress;
+    in->progress_msg = wf_strdup(info->progress_message);
     in->created_at = info->created_at;
     in->loaded = 1;
     wf_info_free(info);
@@ -1074,20 +1095,29 @@ void wf_step_advance(wf_host *h, wf_instance *in) {
     for (size_t i = 0; i < in->nignored; i++) wf_engine_history(h, in, in->ignored[i], "ignored", NULL, NULL);
     in->nignored = 0;
   }
+  /* An action step retrying without end journals entries while its coroutine stays parked.
+   * A cancellation still goes through: the workflow's handler fails at its next command. */
+  if (in->co && !has_call(in) && !in->cancel_requested && history_limit_reached(h, in)) return;
   while (in->co && !in->replaying && deliver(h, in)) {
   }
   /* Parked: an attempt may have ended and its retry be waiting now, or the reverse. */
   if (in->co && (in->status == WF_ST_RUNNING || in->status == WF_ST_WAITING)) in->status = park_status(in);
 }
 
-/* note(_, kind, ...): state labels and log lines of the running instance, recorded without
- * yielding. */
+/* note(_, kind, ...): state labels, log lines, patch checks and progress of the running
+ * instance, recorded without yielding. */
 int wf_step_note(lua_State *L) {
   wf_host *h = lua_touserdata(L, lua_upvalueindex(1));
   wf_instance *in = h->current;
   const char *kind = luaL_checkstring(L, 2);
-  if (!in) return 0;
+  if (!in) {
+    if (!strcmp(kind, "patched")) return luaL_error(L, "ctx:patched can only be called by a running instance");
+    return 0;
+  }
+  if (!strcmp(kind, "patched")) return wf_patch_note(h, in, L);
+  if (!strcmp(kind, "progress")) return wf_progress_note(h, in, L);
   if (!strcmp(kind, "state")) {
+    if (!in->replaying) wf_histsize_check_note(h, in, L);
     const char *label = lua_tostring(L, 3);
     if ((label == NULL) != (in->state == NULL) || (label && strcmp(label, in->state) != 0)) {
       free(in->state);

@@ -30,7 +30,7 @@
 typedef struct wf_store wf_store;
 
 /* The schema version this build writes. A database with a higher one is refused. */
-#define WF_STORE_SCHEMA_VERSION 3
+#define WF_STORE_SCHEMA_VERSION 4
 
 /* Opens or creates the database, applying migrations. On failure *out may still be set
  * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
@@ -72,14 +72,18 @@ typedef struct wf_instance_rec {
   const char *waiting_for; /* NULL allowed */
   int64_t created_at;
   int64_t updated_at;
+  int has_progress;        /* ctx:progress was called: progress and progress_message apply */
+  double progress;         /* 0 to 100 */
+  const char *progress_message; /* NULL allowed */
 } wf_instance_rec;
 
 /* Inserts a new instance. *created is 1 if inserted, 0 if the id already existed (nothing
  * is changed then). */
 int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created /* OUT */);
 
-/* Updates version, status, state, data, output, error, waiting_for and updated_at of r->id
- * (the version is assigned when an instance started by a client first runs). */
+/* Updates version, status, state, data, output, error, waiting_for, updated_at and progress
+ * of r->id (the version is assigned when an instance started by a client first runs). A new
+ * instance has no progress (insert ignores it). */
 int wf_store_update_instance(wf_store *st, const wf_instance_rec *r);
 
 /* Reads one instance (WF_NOTFOUND if absent) or a list, as the public wf_info. */
@@ -145,9 +149,10 @@ typedef void (*wf_store_request_fn)(void *ud, int64_t req_id, const char *id, co
 /* Calls fn for each request, oldest first, then deletes them (inside the open transaction). */
 int wf_store_take_requests(wf_store *st, wf_store_request_fn fn, void *ud);
 
-/* Catalog of loaded workflows. replace_catalog empties it first (one host's view). */
+/* Catalog of loaded workflows. replace_catalog empties it first (one host's view); sources
+ * (NULL, or NULL entries: unknown) are the files the versions were loaded from. */
 int wf_store_replace_catalog(wf_store *st, const char *const *names, const int *versions,
-                             size_t n, int64_t at);
+                             const char *const *sources, size_t n, int64_t at);
 /* *known: 1 if name is in the catalog, 0 if not, -1 if the catalog is empty (no host ran). */
 int wf_store_catalog_has(wf_store *st, const char *name, int *known /* OUT */);
 
@@ -171,5 +176,15 @@ int wf_store_advance_schedule(wf_store *st, const char *id, int64_t next_at, int
 int wf_store_delete_schedule(wf_store *st, const char *id, int *deleted /* OUT */);
 /* Calls fn for every schedule, by id. */
 int wf_store_each_schedule(wf_store *st, wf_store_schedule_fn fn, void *ud);
+/* A workflow version: from the catalog (source may be NULL, count 0), or a version that
+ * unfinished instances run (source NULL, count: how many). */
+typedef void (*wf_store_version_fn)(void *ud, const char *name, int version, const char *source,
+                                    int64_t count);
+/* The catalog, by name and version. */
+int wf_store_each_catalog(wf_store *st, wf_store_version_fn fn, void *ud);
+/* The versions that unfinished instances (pending, running, waiting, suspended) run, by
+ * workflow and version, with their counts; version 0 is "not chosen yet" (a pending instance
+ * started by a client). */
+int wf_store_active_versions(wf_store *st, wf_store_version_fn fn, void *ud);
 
 #endif /* WF_STORE_H */

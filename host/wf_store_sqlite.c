@@ -64,6 +64,11 @@ static const char *const migrations[] = {
     "  overlap TEXT NOT NULL, origin TEXT NOT NULL, next_at INTEGER NOT NULL, last_at INTEGER,"
     "  last_instance TEXT, missed INTEGER NOT NULL, overlapped INTEGER NOT NULL,"
     "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);",
+    /* 4: versioning and progress. The file each catalogued workflow version was loaded from;
+     * an instance's progress (ctx:progress): a percent, NULL until set, and its message. */
+    "ALTER TABLE catalog ADD COLUMN source TEXT;"
+    "ALTER TABLE instances ADD COLUMN progress REAL;"
+    "ALTER TABLE instances ADD COLUMN progress_message TEXT;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
@@ -82,13 +87,14 @@ enum {
   S_SAVEPOINT, S_RELEASE, S_ROLLBACK_TO, S_CLEAR_CATALOG, S_ADD_CATALOG, S_CATALOG_HAS,
   S_PUT_BREAKER, S_EACH_BREAKER,
   S_PUT_SCHEDULE, S_ADVANCE_SCHEDULE, S_DELETE_SCHEDULE, S_EACH_SCHEDULE,
+  S_EACH_CATALOG, S_ACTIVE_VERSIONS,
   S_COUNT
 };
 
 /* The columns read into a wf_info, in the order info_fill() expects. */
 #define INFO_COLS \
   "SELECT id, workflow, version, status, state, input, data, output, error, waiting_for, " \
-  "created_at, updated_at FROM instances "
+  "created_at, updated_at, progress, progress_message FROM instances "
 #define NEWEST_FIRST " ORDER BY created_at DESC, id DESC LIMIT ?3"
 
 /* each_instance takes at most this many statuses (there are seven). */
@@ -104,7 +110,8 @@ static const char *const stmt_sql[S_COUNT] = {
         "error, waiting_for, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
         "?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
     [S_UPDATE_INSTANCE] = "UPDATE instances SET status = ?2, state = ?3, data = ?4, output = ?5, "
-                          "error = ?6, waiting_for = ?7, updated_at = ?8, version = ?9 WHERE id = ?1",
+                          "error = ?6, waiting_for = ?7, updated_at = ?8, version = ?9, progress = ?10, "
+                          "progress_message = ?11 WHERE id = ?1",
     [S_GET_INSTANCE] = INFO_COLS "WHERE id = ?1",
     [S_LIST_ALL] = INFO_COLS NEWEST_FIRST,
     [S_LIST_STATUS] = INFO_COLS "WHERE status = ?1" NEWEST_FIRST,
@@ -135,7 +142,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_RELEASE] = "RELEASE wf_catalog",
     [S_ROLLBACK_TO] = "ROLLBACK TO wf_catalog",
     [S_CLEAR_CATALOG] = "DELETE FROM catalog",
-    [S_ADD_CATALOG] = "INSERT OR REPLACE INTO catalog (name, version, at) VALUES (?1, ?2, ?3)",
+    [S_ADD_CATALOG] = "INSERT OR REPLACE INTO catalog (name, version, at, source) VALUES (?1, ?2, ?3, ?4)",
     [S_CATALOG_HAS] = "SELECT EXISTS (SELECT 1 FROM catalog WHERE name = ?1), "
                       "EXISTS (SELECT 1 FROM catalog)",
     [S_PUT_BREAKER] = "INSERT OR REPLACE INTO breakers (action, key, state, calls, failures, "
@@ -164,6 +171,11 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_EACH_SCHEDULE] = "SELECT id, workflow, cron, timezone, input, catch_up, overlap, origin, next_at,"
                         " last_at, last_instance, missed, overlapped, created_at, updated_at"
                         " FROM schedules ORDER BY id",
+    [S_EACH_CATALOG] = "SELECT name, version, source FROM catalog ORDER BY name, version",
+    /* Unfinished instances: the statuses an instance leaves only by running again. */
+    [S_ACTIVE_VERSIONS] = "SELECT workflow, version, count(*) FROM instances "
+                          "WHERE status IN ('pending', 'running', 'waiting', 'suspended') "
+                          "GROUP BY workflow, version ORDER BY workflow, version",
 };
 
 struct wf_store {
@@ -220,8 +232,9 @@ static void finish(sqlite3_stmt *s) {
 }
 
 /* Binds arguments to parameters 1, 2, ... of s as described by types: 't' a string (NULL
- * binds SQL NULL; it must stay valid until s is finished), 'I' an int64_t, 'i' an int. On
- * failure s is finished and the error recorded. */
+ * binds SQL NULL; it must stay valid until s is finished), 'I' an int64_t, 'i' an int, 'd' a
+ * double (a negative one binds SQL NULL: "not set"). On failure s is finished and the error
+ * recorded. */
 static int vbind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types, va_list ap) {
   int rc = SQLITE_OK;
   for (int i = 0; types[i] && rc == SQLITE_OK; i++) {
@@ -229,7 +242,10 @@ static int vbind(wf_store *st, sqlite3_stmt *s, const char *op, const char *type
       rc = sqlite3_bind_text(s, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC);
     else if (types[i] == 'I')
       rc = sqlite3_bind_int64(s, i + 1, va_arg(ap, int64_t));
-    else
+    else if (types[i] == 'd') {
+      double d = va_arg(ap, double);
+      rc = d < 0 ? sqlite3_bind_null(s, i + 1) : sqlite3_bind_double(s, i + 1, d);
+    } else
       rc = sqlite3_bind_int(s, i + 1, va_arg(ap, int));
   }
   if (rc == SQLITE_OK) return WF_OK;
@@ -288,8 +304,8 @@ static char *col_dup(sqlite3_stmt *s, int c, int *nomem) {
 
 static void info_clear(void *elem) {
   wf_info *i = elem;
-  char *fields[] = {i->id,        i->workflow,   i->status, i->state,      i->input_json,
-                    i->data_json, i->output_json, i->error,  i->waiting_for};
+  char *fields[] = {i->id,        i->workflow,    i->status, i->state,       i->input_json,
+                    i->data_json, i->output_json, i->error,  i->waiting_for, i->progress_message};
   for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) free(fields[k]);
 }
 
@@ -310,6 +326,8 @@ static int info_fill(sqlite3_stmt *s, void *elem) {
   i->waiting_for = col_dup(s, 9, &nomem);
   i->created_at = sqlite3_column_int64(s, 10);
   i->updated_at = sqlite3_column_int64(s, 11);
+  i->progress = sqlite3_column_type(s, 12) == SQLITE_NULL ? -1 : sqlite3_column_double(s, 12);
+  i->progress_message = col_dup(s, 13, &nomem);
   if (nomem) info_clear(i);
   return nomem ? -1 : 0;
 }
@@ -649,9 +667,10 @@ int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *create
 }
 
 int wf_store_update_instance(wf_store *st, const wf_instance_rec *r) {
-  int code = exec_stmt(st, S_UPDATE_INSTANCE, "update instance", "tttttttIi", r->id, r->status,
+  int code = exec_stmt(st, S_UPDATE_INSTANCE, "update instance", "tttttttIidt", r->id, r->status,
                        r->state, r->data, r->output, r->error, r->waiting_for, r->updated_at,
-                       r->version);
+                       r->version, r->has_progress ? r->progress : -1.0,
+                       r->has_progress ? r->progress_message : NULL);
   if (code == WF_OK && sqlite3_changes(st->db) == 0)
     code = set_err(st, WF_NOTFOUND, "update instance: no instance with id %s", r->id);
   return code;
@@ -832,13 +851,13 @@ int wf_store_each_breaker(wf_store *st, wf_store_breaker_fn fn, void *ud) {
 /* Runs in a savepoint so that the catalog is replaced whole or not at all, inside the
  * caller's transaction or, without one, as a transaction of its own. */
 int wf_store_replace_catalog(wf_store *st, const char *const *names, const int *versions,
-                             size_t n, int64_t at) {
+                             const char *const *sources, size_t n, int64_t at) {
   const char *op = "replace catalog";
   int code = run(st, st->stmt[S_SAVEPOINT], op);
   if (code != WF_OK) return code;
   code = run(st, st->stmt[S_CLEAR_CATALOG], op);
   for (size_t i = 0; i < n && code == WF_OK; i++)
-    code = exec_stmt(st, S_ADD_CATALOG, op, "tiI", names[i], versions[i], at);
+    code = exec_stmt(st, S_ADD_CATALOG, op, "tiIt", names[i], versions[i], at, sources ? sources[i] : NULL);
   if (code == WF_OK) return run(st, st->stmt[S_RELEASE], op);
   /* Undo and close the savepoint; the first failure is the one reported. */
   sqlite3_step(st->stmt[S_ROLLBACK_TO]);
@@ -856,6 +875,26 @@ int wf_store_catalog_has(wf_store *st, const char *name, int *known) {
   if (code == WF_OK) code = query_ints(st, s, op, 2, has);
   *known = has[0] ? 1 : has[1] ? 0 : -1;
   return code;
+}
+
+int wf_store_each_catalog(wf_store *st, wf_store_version_fn fn, void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_EACH_CATALOG], "read catalog", &rows, &n);
+  if (code != WF_OK) return code;
+  for (size_t i = 0; i < n; i++) fn(ud, TEXT(rows[i], 0), (int)INT(rows[i], 1), TEXT(rows[i], 2), 0);
+  rows_free(rows, n);
+  return WF_OK;
+}
+
+int wf_store_active_versions(wf_store *st, wf_store_version_fn fn, void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_ACTIVE_VERSIONS], "count active instances", &rows, &n);
+  if (code != WF_OK) return code;
+  for (size_t i = 0; i < n; i++) fn(ud, TEXT(rows[i], 0), (int)INT(rows[i], 1), NULL, INT(rows[i], 2));
+  rows_free(rows, n);
+  return WF_OK;
 }
 
 int wf_store_snapshot(wf_store *st, const char *path) {

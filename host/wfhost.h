@@ -84,6 +84,12 @@ typedef struct wf_config {
   wf_clock_fn clock;          /* NULL: the real clock */
   void *clock_ud;
   uint64_t seed;              /* 0: seed ctx:random() and ctx:uuid() from the OS */
+  int64_t history_warn;       /* history entries of one instance past which the host warns (a
+                                 log line and a history_warning entry, once per instance per
+                                 host run); 0: 10000 */
+  int64_t history_limit;      /* history entries past which an instance fails instead of
+                                 journaling more (ctx:continue_as_new keeps a long-running
+                                 workflow under it); 0: 100000 */
 } wf_config;
 
 /* Initialises cfg to the defaults. */
@@ -113,8 +119,10 @@ const char *wf_strerror(int rc);
 /* ---- Workflow code (host mode) ---------------------------------------------------------- */
 
 /* Loads every `*.lua` file directly in dir as a workflow definition; files in
- * subdirectories are helper modules for the sandboxed `require`. Definitions replace those
- * of the same name and version. Returns WF_LUA with every file:line problem in wf_errmsg()
+ * subdirectories are helper modules for the sandboxed `require`. Several versions of a
+ * workflow load side by side, one per file (e.g. order@1.lua, order@2.lua: a file named
+ * NAME@VERSION.lua must define that name and version); new instances start on the newest,
+ * running ones keep theirs. Definitions replace those of the same name and version. Returns WF_LUA with every file:line problem in wf_errmsg()
  * if any file fails (nothing from dir is loaded then). */
 int wf_load_dir(wf_host *h, const char *dir);
 
@@ -364,6 +372,8 @@ typedef struct wf_info {
   char *waiting_for;  /* what a waiting instance waits on, e.g. "event Approve|Reject", else NULL */
   int64_t created_at;
   int64_t updated_at;
+  double progress;    /* 0 to 100 as last set by ctx:progress, or -1 if it never was */
+  char *progress_message; /* its message, or NULL */
 } wf_info;
 
 typedef struct wf_history_entry {
@@ -374,7 +384,9 @@ typedef struct wf_history_entry {
                       instance's cancellation reaching it), withdrawn (a cancelled branch gave
                       the command up), ignored (a result after that), compensation (a saga's
                       progress: begin, done, failed, end), completed, failed, cancelled,
-                      suspended; for an action step's attempts: attempt,
+                      suspended, patch (ctx:patched took the new code path; name: the change
+                      id), history_warning (the history passed history_warn entries); for an
+                      action step's attempts: attempt,
                       attempt_failed, rejected, retry_scheduled, exhausted, outcome_unknown,
                       breaker (see "Observing actions") */
   char *name;      /* action or event name, or NULL */
@@ -395,6 +407,23 @@ void wf_info_list_free(wf_info *list, size_t n);
 /* Reads an instance's history in journal order; free with wf_history_free(). */
 int wf_history(wf_host *h, const char *id, wf_history_entry **out /* OUT */, size_t *n /* OUT */);
 void wf_history_free(wf_history_entry *entries, size_t n);
+
+/* A version of a workflow: loaded, or still needed by unfinished instances. */
+typedef struct wf_workflow_info {
+  char *name;
+  int version;
+  char *source;   /* the file it was loaded from, or NULL (not loaded, or unknown) */
+  int loaded;     /* 1 if loaded (a client: by the host that last started on the database) */
+  int newest;     /* 1 for the newest loaded version: new instances start on it */
+  int64_t active; /* its instances that have not finished (pending, running, waiting,
+                     suspended); those of a version that is not loaded are suspended when they
+                     next run, until it is loaded again and they are retried */
+} wf_workflow_info;
+
+/* Lists every loaded workflow version and every version unfinished instances run, by name
+ * and version. Free with wf_workflows_free(). Both modes. */
+int wf_workflows(wf_host *h, wf_workflow_info **out /* OUT */, size_t *n /* OUT */);
+void wf_workflows_free(wf_workflow_info *list, size_t n);
 
 /* Replays the instance's history against the workflow code loaded now, without invoking
  * actions or writing anything, and reports the first divergence: *report is NULL when the code

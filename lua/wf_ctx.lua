@@ -615,6 +615,45 @@ function Ctx:state()
   return self._state
 end
 
+-- ctx:patched(change_id): true where this instance runs the new code of a change, false where
+-- it replays history written by the code before it (wf_patch.c). The first answer for an id
+-- holds for the rest of the run, so an id guards every place of one change alike. The memo is
+-- keyed by ctx, out of the workflow's reach; a rebuilt instance has a new ctx and asks again.
+local patch_memo = setmetatable({}, { __mode = "k" })
+
+function Ctx:patched(change_id)
+  if type(change_id) ~= "string" or change_id == "" or #change_id > 128 or sfind(change_id, "%c") then
+    error(sformat("ctx:patched(change_id): the change id must be a non-empty string of at most 128 bytes " ..
+      "without control characters, got %s", type(change_id) == "string" and sformat("%q", change_id)
+      or type(change_id)), 2)
+  end
+  local memo = patch_memo[self]
+  if not memo then
+    memo = {}
+    patch_memo[self] = memo
+  end
+  local use = memo[change_id]
+  if use == nil then
+    use = note(nil, "patched", change_id)
+    memo[change_id] = use
+  end
+  return use
+end
+
+-- ctx:progress(percent, message): how far the instance's work has come (0 to 100), with an
+-- optional message, for `wfhost show` and `wfhost list` (wf_progress.c).
+function Ctx:progress(percent, message)
+  if type(percent) ~= "number" or percent ~= percent or percent < 0 or percent > 100 then
+    error(sformat("ctx:progress(percent, message): percent must be a number from 0 to 100, got %s",
+      type(percent) == "number" and tostring(percent) or type(percent)), 2)
+  end
+  if message ~= nil and (type(message) ~= "string" or #message > 256) then
+    error(sformat("ctx:progress(percent, message): message must be a string of at most 256 bytes, got %s",
+      type(message) == "string" and (#message .. " bytes") or type(message)), 2)
+  end
+  note(nil, "progress", percent, message)
+end
+
 ---------------------------------------------------------------------------------------------
 -- Branches: ctx:all, ctx:any
 ---------------------------------------------------------------------------------------------

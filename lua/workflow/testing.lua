@@ -142,6 +142,11 @@ function Run:state() return get(self).state end
 function Run:data() return get(self).data end
 function Run:output() return get(self).output end
 function Run:error() return get(self).error end
+-- The progress set by ctx:progress: percent (0 to 100) and message, or nil if never set.
+function Run:progress()
+  local info = get(self)
+  return info.progress, info.progress_message
+end
 -- What the instance waits on ("event Approve|Reject (timeout at ...)", "timer until ...").
 function Run:pending() return get(self).waiting_for end
 function Run:history() return assert(self.env.h:history(self.id)) end
@@ -209,6 +214,7 @@ local function open(env)
     db = env.db, workflows = env.workflows, virtual_time = true, now = env.clock,
     seed = env.seed, log_level = env.log_level,
     instruction_budget = env.instruction_budget, memory_limit = env.memory_limit,
+    history_warn = env.history_warn, history_limit = env.history_limit,
   }
   if not h then error("workflow.testing: " .. tostring(err), 3) end
   env.h = h
@@ -232,7 +238,8 @@ local function open(env)
 end
 
 -- wt.env { workflows = "workflows", actions = { name = fn }, plugins = { "x.so" },
---          now = ms since epoch, seed = n, log_level = "warn" }
+--          now = ms since epoch, seed = n, log_level = "warn",
+--          history_warn = n, history_limit = n }
 function M.env(opts)
   opts = opts or {}
   local env = setmetatable({
@@ -240,6 +247,7 @@ function M.env(opts)
     clock = opts.now or 1700000000000, seed = opts.seed or 1, log_level = opts.log_level or "none",
     instruction_budget = opts.instruction_budget, memory_limit = opts.memory_limit, runs = {},
     restart_every_step = opts.restart_every_step, restarts = 0,
+    history_warn = opts.history_warn, history_limit = opts.history_limit,
   }, Env)
   env.t0 = env.clock
   local mocks = {}
@@ -387,6 +395,12 @@ end
 -- Counters of attempts by outcome, retries by reason, rejections, breaker changes.
 function Env:action_stats()
   return self.h:action_stats()
+end
+
+-- The loaded workflow versions, and those unfinished instances run:
+-- { { workflow, version, loaded, newest, active, file } }, by name and version.
+function Env:versions()
+  return assert(self.h:workflows())
 end
 
 -- Every instance of the database, newest first.

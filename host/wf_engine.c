@@ -780,8 +780,11 @@ static void on_poll(uv_timer_t *t) {
  * journaled as ignored if the instance is live. */
 static wf_pend *waiting_on(wf_host *h, wf_call *c, wf_instance **inp) {
   wf_instance *in = *inp = wf_engine_find(h, c->instance_id);
-  for (wf_pend *p = in && !c->abandoned ? in->pends : NULL; p; p = p->next)
-    if (p->call == c) return p;
+  for (wf_pend *p = in ? in->pends : NULL; p; p = p->next)
+    if (p->call == c) {
+      if (!c->abandoned) return p;
+      p->call = NULL; /* abandoned by its action itself (at close): forget it */
+    }
   wf_log(h, WF_LOG_DEBUG, c->instance_id, NULL, "outcome of %s (step %" PRId64 ") ignored: the step no longer waits for it",
          c->name, c->seq);
   if (in && in->co) {

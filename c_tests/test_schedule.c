@@ -460,7 +460,7 @@ typedef struct watch {
 /* Stops the host once the instance completed, or after 30 s (then the check fails). */
 static void on_watch(uv_timer_t *t) {
   watch *w = t->data;
-  if (!strcmp(test_status_of(w->h, w->id), "completed") || ++w->ticks > 600) {
+  if (!strcmp(test_status_of(w->h, w->id), "completed") || ++w->ticks > 2400) { /* 2 minutes at most */
     uv_timer_stop(t);
     wf_host_stop(w->h);
   }
@@ -469,7 +469,7 @@ static void on_watch(uv_timer_t *t) {
 static void test_wakeup(void) {
   fresh_db("wakeup");
   int64_t r = real_ms();
-  clock_offset = (r / 60000 + 1) * 60000 - 300 - r;
+  clock_offset = (r / 60000 + 1) * 60000 - 2000 - r; /* the next minute is 2 s away: room for a slow start (ASan) */
   wf_config cfg = base_cfg(WF_MODE_HOST);
   cfg.clock = offset_clock;
   wf_host *h = test_open_host(db, &cfg, wfdir);

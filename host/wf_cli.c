@@ -376,15 +376,13 @@ static int cmd_breakers(cli *c) {
 /* schedule add WORKFLOW CRON [JSON] | schedule list | schedule rm ID */
 static int cmd_schedule(cli *c) {
   const char *op = c->pos[0];
-  static const char *const arity[][2] = {{"add", "2 to 3"}, {"list", "0"}, {"rm", "1"}};
-  int want_min = !strcmp(op, "add") ? 2 : !strcmp(op, "rm") ? 1 : 0;
-  int want_max = !strcmp(op, "add") ? 3 : want_min;
   if (strcmp(op, "add") && strcmp(op, "list") && strcmp(op, "rm"))
     return usage_error("unknown schedule operation '%s' (add, list or rm)", op);
-  for (size_t i = 0; i < sizeof arity / sizeof arity[0]; i++)
-    if (!strcmp(op, arity[i][0]) && (c->npos - 1 < want_min || c->npos - 1 > want_max))
-      return usage_error("schedule %s takes %s arguments, not %d (usage: wfhost %s)", op, arity[i][1], c->npos - 1,
-                         c->cmd->synopsis);
+  int nargs = c->npos - 1;
+  if (!strcmp(op, "add") && (nargs < 2 || nargs > 3))
+    return usage_error("schedule add takes WORKFLOW CRON [JSON] (quote CRON: '*/15 * * * *')");
+  if (!strcmp(op, "rm") && nargs != 1) return usage_error("schedule rm takes one schedule id");
+  if (!strcmp(op, "list") && nargs != 0) return usage_error("schedule list takes no arguments");
   const char *tz = opt_last(c, "--tz"), *cu = opt_last(c, "--catch-up"), *ov = opt_last(c, "--overlap");
   const char *sid = opt_last(c, "--id");
   if (strcmp(op, "add") && (tz || cu || ov || sid))

@@ -44,7 +44,7 @@ int wf_cron_parse(const char *expr, wf_cron *out, char *err, size_t errlen);
  * else -1 with a message in err. */
 int wf_tz_check(const char *tz, char *err, size_t errlen);
 
-/* The first firing strictly after `after` in zone tz, or -1 if none within 10 years (cannot
+/* The first firing strictly after `after` in zone tz, or -1 if none within 30 years (cannot
  * happen for an expression wf_cron_parse accepted). */
 int64_t wf_cron_next(const wf_cron *c, const char *tz, int64_t after);
 

@@ -46,7 +46,13 @@ static const char *overlap_name(wf_overlap o) { return o == WF_OVERLAP_ALLOW ? "
 
 /* ---- the host's schedules ------------------------------------------------------------ */
 
-static void on_sched_timer(uv_timer_t *t) { wf_engine_kick(t->data); }
+/* The loop's cached time may be behind (the timer was started before the loop ran), and the
+ * host's clock may be injected: a wake-up before the firing is due arms the timer again. */
+static void on_sched_timer(uv_timer_t *t) {
+  wf_host *h = t->data;
+  if (wf_sched_due(h)) wf_engine_kick(h);
+  else wf_sched_arm(h);
+}
 
 void wf_sched_init(wf_host *h) {
   uv_timer_init(h->loop, &h->sched_timer);

@@ -25,7 +25,7 @@ describe("nightly_report #integration", function()
     env:restart()
     assert.spy(env.actions.publish_report).was.called(1)
     assert.are.equal("completed", env:run("nightly_report@2026-01-20T01:00:00Z"):status())
-    local s = env.h:schedules()[1]
+    local s = env:schedules()[1]
     assert.are.same({ "nightly_report", "definition", 5, 1768957200000 }, { s.id, s.origin, s.missed, s.next_at })
   end)
 

@@ -373,6 +373,11 @@ function Env:breakers()
   return assert(self.h:breakers())
 end
 
+-- The schedules (from definitions and added through env.h), with their counters.
+function Env:schedules()
+  return assert(self.h:schedules())
+end
+
 -- The state of an action's breaker ("closed" if it has none yet).
 function Env:breaker(action, key)
   for _, b in ipairs(self:breakers()) do

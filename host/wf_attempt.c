@@ -123,9 +123,7 @@ static void count(wf_host *h, wf_pend *p, wf_outcome cls, int64_t now) {
 /* The step ends with this outcome (takes json). It is journaled and handed to the workflow
  * when the instance takes its next outcome (wf_attempt_deliver), so that the journal keeps the
  * order in which the instance's threads received their outcomes. Returns 0. */
-static int deliver_outcome(wf_host *h, wf_instance *in, wf_pend *p, int ok, char *json) {
-  (void)h;
-  (void)in;
+static int deliver_outcome(wf_pend *p, int ok, char *json) {
   free(p->final_json);
   p->final = ok ? 1 : 2;
   p->final_json = json;
@@ -180,7 +178,7 @@ static int exhaust(wf_host *h, wf_instance *in, wf_pend *p, const char *code, in
                     p->name, msg, in->id);
     return -1;
   }
-  return deliver_outcome(h, in, p, 0, err);
+  return deliver_outcome(p, 0, err);
 }
 
 /* The next attempt (number p->attempt) starts at `at`: persisted, then waited for. */
@@ -244,7 +242,7 @@ static int start(wf_host *h, wf_instance *in, wf_pend *p, int64_t now, int journ
 static int failed(wf_host *h, wf_instance *in, wf_pend *p, int64_t now, wf_outcome cls, const char *type, const char *message,
                   int64_t retry_after) {
   if (cls == WF_OUTCOME_PERMANENT || wf_types_has(p->nonretry, type))
-    return deliver_outcome(h, in, p, 0, error_json(type, type, message, made(p), NULL));
+    return deliver_outcome(p, 0, error_json(type, type, message, made(p), NULL));
   free(p->last_type);
   free(p->last_msg);
   free(p->last_fail);
@@ -365,7 +363,7 @@ static int progress(wf_host *h, wf_instance *in, wf_pend *p) {
     if (b) wf_breaker_record(h, b, &bp, now, cls, p->probe, in, p->seq);
     int r;
     if (o.ok) {
-      r = deliver_outcome(h, in, p, 1, o.result);
+      r = deliver_outcome(p, 1, o.result);
       o.result = NULL;
     } else {
       r = failed(h, in, p, now, cls, o.type, o.message, o.retry_after);

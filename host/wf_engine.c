@@ -77,14 +77,14 @@ static wf_instance *get_or_stub(wf_host *h, const char *id) {
 /* ---- pending commands ---------------------------------------------------------------- */
 
 wf_pend *wf_pend_add(wf_instance *in, wf_pend_kind kind, int64_t seq) {
-  wf_pend *p = calloc(1, sizeof *p);
-  if (!p) abort();
+  wf_pend *p = in->spare; /* most instances wait on one command at a time: reuse its record */
+  in->spare = NULL;
+  if (!p && !(p = calloc(1, sizeof *p))) abort();
   p->kind = kind;
   p->seq = seq;
   wf_pend **pp = &in->pends;
   while (*pp) pp = &(*pp)->next;
   *pp = p;
-  in->npends++;
   return p;
 }
 
@@ -97,10 +97,7 @@ wf_pend *wf_pend_find(wf_instance *in, int64_t seq) {
 void wf_pend_remove(wf_instance *in, wf_pend *p) {
   wf_pend **pp = &in->pends;
   while (*pp && *pp != p) pp = &(*pp)->next;
-  if (*pp) {
-    *pp = p->next;
-    in->npends--;
-  }
+  if (*pp) *pp = p->next;
   free(p->name);
   free(p->params);
   wf_outcome_free(&p->out);
@@ -111,7 +108,12 @@ void wf_pend_remove(wf_instance *in, wf_pend *p) {
   free(p->last_msg);
   free(p->last_fail);
   free(p->final_json);
-  free(p);
+  if (in->spare) {
+    free(p);
+  } else {
+    memset(p, 0, sizeof *p);
+    in->spare = p;
+  }
 }
 
 void wf_pend_clear(wf_host *h, wf_instance *in) {
@@ -122,7 +124,7 @@ void wf_pend_clear(wf_host *h, wf_instance *in) {
   }
 }
 
-static int has_call(const wf_instance *in) {
+int wf_pend_has_call(const wf_instance *in) {
   for (const wf_pend *p = in->pends; p; p = p->next)
     if (p->call) return 1;
   return 0;
@@ -158,8 +160,8 @@ static void instance_free(wf_host *h, wf_instance *in) {
 }
 
 void wf_instance_release(wf_host *h, wf_instance *in) {
-  wf_step_drop_coroutine(h, in);
-  wf_pend_clear(h, in);
+  wf_step_drop_coroutine(h, in); /* ... which ends its pending commands */
+  free(in->spare);
   free(in->ignored);
   free(in->id);
   free(in->workflow);
@@ -722,7 +724,7 @@ static void run_batch(wf_host *h) {
   while (h->nlive > (size_t)h->cfg.cache_size && h->lru_head) {
     wf_instance *in = h->lru_head;
     lru_remove(h, in);
-    if (!in->in_ready && !in->cancel_requested && !has_call(in)) instance_free(h, in);
+    if (!in->in_ready && !in->cancel_requested && !wf_pend_has_call(in)) instance_free(h, in);
   }
   return;
 

@@ -159,7 +159,7 @@ struct wf_instance {
 
   /* The commands the instance waits on, in the order they were issued. */
   wf_pend *pends;
-  size_t npends;
+  wf_pend *spare;    /* a freed record kept for the next command */
   int64_t rp;        /* replay: the history index of the next outcome to deliver */
   char *saga_msg;    /* the main thread failed (or was cancelled) with this error, and the
                         compensations it registered run in a new main thread */
@@ -456,6 +456,8 @@ wf_pend *wf_pend_find(wf_instance *in, int64_t seq);
 void wf_pend_remove(wf_instance *in, wf_pend *p);
 /* Ends every pending command: calls in flight are abandoned (their outcomes dropped). */
 void wf_pend_clear(wf_host *h, wf_instance *in);
+/* 1 if an action call of the instance is in flight. */
+int wf_pend_has_call(const wf_instance *in);
 /* Frees an instance that is not (or no longer) in the instance table. */
 void wf_instance_release(wf_host *h, wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */

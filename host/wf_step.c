@@ -850,13 +850,6 @@ done:
 
 /* ---- the driver --------------------------------------------------------------------- */
 
-/* An action call of the instance is in flight. */
-static int has_call(const wf_instance *in) {
-  for (const wf_pend *p = in->pends; p; p = p->next)
-    if (p->call) return 1;
-  return 0;
-}
-
 /* Running while an action is in flight; else waiting. */
 static wf_status park_status(const wf_instance *in) {
   for (const wf_pend *p = in->pends; p; p = p->next)
@@ -1097,7 +1090,7 @@ void wf_step_advance(wf_host *h, wf_instance *in) {
   }
   /* An action step retrying without end journals entries while its coroutine stays parked.
    * A cancellation still goes through: the workflow's handler fails at its next command. */
-  if (in->co && !has_call(in) && !in->cancel_requested && history_limit_reached(h, in)) return;
+  if (in->co && !wf_pend_has_call(in) && !in->cancel_requested && history_limit_reached(h, in)) return;
   while (in->co && !in->replaying && deliver(h, in)) {
   }
   /* Parked: an attempt may have ended and its retry be waiting now, or the reverse. */

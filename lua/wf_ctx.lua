@@ -314,8 +314,11 @@ local function new_sched()
   return S
 end
 
-function Sched:ready(T, ...)
+-- Makes T runnable with values to resume it with: a branch joins the run queue; the main
+-- thread, which runs the queue, sees them when its turn comes back.
+function Sched:wake(T, ...)
   T.resume = pack(...)
+  if T.main then return end
   self.qtail = self.qtail + 1
   self.runq[self.qtail] = T
 end
@@ -337,7 +340,7 @@ function Sched:cancel_thread(T)
     local seq = T.wait
     self.waiting[seq], T.wait = nil, nil
     yield("withdraw", seq)
-    if T.main then T.resume = pack("cancelled") else self:ready(T, "cancelled") end
+    self:wake(T, "cancelled")
   else
     T.cancel = true
   end
@@ -349,13 +352,12 @@ function Sched:route(seq, ...)
   local T = self.waiting[seq]
   if not T then return end -- withdrawn in the same step: C journals it as ignored
   self.waiting[seq], T.wait = nil, nil
-  if T.main then T.resume = pack(...) else self:ready(T, ...) end
+  self:wake(T, ...)
 end
 
 -- A thread finished: its scope may be complete now.
-function Sched:finished(T, ok, ...)
-  T.done, T.ok = true, ok
-  T.value = ok and (...) or (...)
+function Sched:finished(T, ok, value)
+  T.done, T.ok, T.value = true, ok, value
   self.nthreads = self.nthreads - 1
   local sc = T.scope
   sc.open = sc.open - 1
@@ -363,7 +365,7 @@ function Sched:finished(T, ok, ...)
   local owner = sc.owner
   if owner and owner.joining == sc and sc.settled and sc.open == 0 then
     owner.joining = nil
-    if owner.main then owner.resume = pack("joined") else self:ready(owner, "joined") end
+    self:wake(owner, "joined")
   end
 end
 
@@ -376,12 +378,14 @@ function Sched:step(T)
   local r = pack(coresume(T.co, unpack(args, 1, args.n)))
   while true do
     if costatus(T.co) == "dead" then
-      if r[1] then self:finished(T, true, r[2]) else
+      local err = r[2]
+      if not r[1] and (type(err) == "table" or type(err) == "string") then
+        -- Where it was raised, for the instance's error if ctx:all / ctx:any passes it on.
         local tb = self.branch_tb or setmetatable({}, { __mode = "k" })
         self.branch_tb = tb
-        if type(r[2]) == "table" or type(r[2]) == "string" then tb[r[2]] = tb[r[2]] or frames(T.co) end
-        self:finished(T, false, r[2])
+        tb[err] = tb[err] or frames(T.co)
       end
+      self:finished(T, r[1], err)
       return
     end
     local req = r[2]
@@ -460,11 +464,9 @@ local function command(kind, name, arg, opts)
       return v, why
     end
     if seq == 0 then -- the instance is cancelled while it waits
-      S = T.S
-      S.root.cancelled = true
       if T.shield > 0 then
         T.cancel = true
-        st, a, b = S:await(T, issued)
+        st, a, b = T.S:await(T, issued)
       else
         yield("withdraw", issued)
         st = "cancelled"
@@ -659,7 +661,7 @@ end
 ---------------------------------------------------------------------------------------------
 
 -- Starts one branch thread per function in a new scope under T's.
-local function spawn(T, fns, what)
+local function spawn(T, fns)
   local S = T.S
   local sc = new_scope(T.scope)
   sc.owner = T
@@ -671,7 +673,7 @@ local function spawn(T, fns, what)
     sc.threads[i] = B
     sc.open = sc.open + 1
     S.nthreads = S.nthreads + 1
-    S:ready(B)
+    S:wake(B)
   end
   return sc
 end

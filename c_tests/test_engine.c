@@ -46,29 +46,6 @@ static wf_host *open_host(wf_config *extra) {
 
 static const char *status_of(wf_host *h, const char *id) { return test_status_of(h, id); }
 
-static wf_info *info_of(wf_host *h, const char *id) {
-  wf_info *i = NULL;
-  CHECK(wf_get(h, id, &i) == WF_OK);
-  return i;
-}
-
-static int history_has(wf_host *h, const char *id, const char *kind, const char *name) {
-  wf_history_entry *e;
-  size_t n;
-  int found = 0;
-  if (wf_history(h, id, &e, &n) != WF_OK) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!strcmp(e[i].kind, kind) && (!name || (e[i].name && !strcmp(e[i].name, name)))) found++;
-  wf_history_free(e, n);
-  return found;
-}
-
-static void start(wf_host *h, const char *wf, const char *input, const char *id) {
-  int rc = wf_start(h, wf, input, id, NULL, NULL, NULL);
-  if (rc != WF_OK) fprintf(stderr, "start %s: %s\n", wf, wf_errmsg(h));
-  CHECK(rc == WF_OK);
-}
-
 /* A C action that fails with a structured error. */
 static void action_decline(wf_call *c, void *ud) {
   (void)ud;
@@ -109,25 +86,25 @@ static void test_sequence(void) {
              "  return { total = total }\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "seq", "{\"n\":10}", "s1");
+  test_start(h, "seq", "{\"n\":10}", "s1");
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "s1");
+  wf_info *i = test_info_of(h, "s1");
   CHECK(!strcmp(i->status, "completed"));
   CHECK(i->output_json && !strcmp(i->output_json, "{\"total\":36}"));
   CHECK(i->state && !strcmp(i->state, "done"));
   CHECK(i->data_json && strstr(i->data_json, "\"total\":36"));
   CHECK(i->version == 1);
   wf_info_free(i);
-  CHECK(history_has(h, "s1", "action", "echo") == 3);
-  CHECK(history_has(h, "s1", "action_result", "echo") == 3);
-  CHECK(history_has(h, "s1", "completed", NULL) == 1);
-  CHECK(history_has(h, "s1", "state", "done") == 1);
+  CHECK(test_count_history(h, "s1", "action", "echo") == 3);
+  CHECK(test_count_history(h, "s1", "action_result", "echo") == 3);
+  CHECK(test_count_history(h, "s1", "completed", NULL) == 1);
+  CHECK(test_count_history(h, "s1", "state", "done") == 1);
 
   /* Starting the same id again returns the existing instance: nothing runs twice. */
-  start(h, "seq", "{\"n\":99}", "s1");
+  test_start(h, "seq", "{\"n\":99}", "s1");
   CHECK(wf_host_drain(h) == WF_OK);
-  CHECK(history_has(h, "s1", "started", NULL) == 1);
-  CHECK(history_has(h, "s1", "action", "echo") == 3);
+  CHECK(test_count_history(h, "s1", "started", NULL) == 1);
+  CHECK(test_count_history(h, "s1", "action", "echo") == 3);
   wf_host_close(h);
 }
 
@@ -142,10 +119,10 @@ static void test_replay_after_restart(void) {
              "  return { a = a, ev = ev.data }\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "rec", NULL, "r1");
+  test_start(h, "rec", NULL, "r1");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(status_of(h, "r1"), "waiting"));
-  wf_info *i = info_of(h, "r1");
+  wf_info *i = test_info_of(h, "r1");
   char before[512];
   snprintf(before, sizeof before, "%s", i->data_json);
   CHECK(i->waiting_for && strstr(i->waiting_for, "event go"));
@@ -158,7 +135,7 @@ static void test_replay_after_restart(void) {
   h = open_host(NULL);
   CHECK(wf_signal(h, "r1", "go", "{\"x\":1}", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  i = info_of(h, "r1");
+  i = test_info_of(h, "r1");
   CHECK(!strcmp(i->status, "completed"));
   /* The output holds the values drawn before the restart, not new ones. */
   CHECK(i->output_json != NULL);
@@ -176,9 +153,9 @@ static void test_replay_after_restart(void) {
   wf_info_free(i);
   /* The log line written before the wait is not written again during replay. */
   CHECK(before_wait_logged == 0);
-  CHECK(history_has(h, "r1", "now", NULL) == 1);
-  CHECK(history_has(h, "r1", "random", NULL) == 2);
-  CHECK(history_has(h, "r1", "state", "drawn") == 1); /* not journaled again by the replay */
+  CHECK(test_count_history(h, "r1", "now", NULL) == 1);
+  CHECK(test_count_history(h, "r1", "random", NULL) == 2);
+  CHECK(test_count_history(h, "r1", "state", "drawn") == 1); /* not journaled again by the replay */
   wf_host_close(h);
 }
 
@@ -191,7 +168,7 @@ static void test_timer_rebuilt_early(void) {
              "  return why or 'event'\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "early", NULL, "e1");
+  test_start(h, "early", NULL, "e1");
   CHECK(wf_host_drain(h) == WF_OK);
   wf_host_close(h);
   fake_now += 30 * 60000;
@@ -208,7 +185,7 @@ static void test_timer_rebuilt_early(void) {
   CHECK(!strcmp(status_of(h, "e1"), "waiting"));
   fake_now += 60000;
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "e1");
+  wf_info *i = test_info_of(h, "e1");
   CHECK(!strcmp(i->status, "completed") && i->output_json && !strcmp(i->output_json, "\"timeout\""));
   wf_info_free(i);
   wf_host_close(h);
@@ -222,7 +199,7 @@ static void test_nondeterminism(void) {
              "  return 'ok'\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "nd", NULL, "n1");
+  test_start(h, "nd", NULL, "n1");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(status_of(h, "n1"), "waiting"));
   wf_host_close(h);
@@ -237,7 +214,7 @@ static void test_nondeterminism(void) {
   h = open_host(NULL);
   CHECK(wf_signal(h, "n1", "go", NULL, NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "n1");
+  wf_info *i = test_info_of(h, "n1");
   CHECK(!strcmp(i->status, "suspended"));
   CHECK(i->error && strstr(i->error, "history has action `echo`"));
   CHECK(i->error && strstr(i->error, "calls action `log`"));
@@ -257,7 +234,7 @@ static void test_nondeterminism(void) {
   CHECK(wf_retry(h, "n1", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(status_of(h, "n1"), "completed"));
-  CHECK(history_has(h, "n1", "action", "echo") == 1);
+  CHECK(test_count_history(h, "n1", "action", "echo") == 1);
   CHECK(wf_retry(h, "n1", NULL, NULL) == WF_STATE);
   wf_host_close(h);
 }
@@ -272,10 +249,10 @@ static void test_inbox(void) {
              "  return { a.name, a.data, b.name, b.data, why }\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "inbox", NULL, "i1");
+  test_start(h, "inbox", NULL, "i1");
   /* Both events arrive before the instance waits; the oldest is taken first, once. */
   CHECK(wf_host_drain(h) == WF_OK);
-  start(h, "inbox", NULL, "i2");
+  test_start(h, "inbox", NULL, "i2");
   CHECK(wf_signal(h, "i2", "B", "1", NULL, NULL) == WF_OK); /* i2 not yet started: buffered */
   CHECK(wf_signal(h, "i2", "A", "2", NULL, NULL) == WF_OK);
   CHECK(wf_signal(h, "i1", "A", "3", NULL, NULL) == WF_OK);
@@ -284,15 +261,15 @@ static void test_inbox(void) {
   CHECK(!strcmp(status_of(h, "i2"), "waiting"));
   fake_now += 10000;
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "i2");
+  wf_info *i = test_info_of(h, "i2");
   CHECK(!strcmp(i->status, "completed"));
   CHECK(i->output_json && !strcmp(i->output_json, "[\"B\",1,\"A\",2,\"timeout\"]"));
   wf_info_free(i);
-  i = info_of(h, "i1");
+  i = test_info_of(h, "i1");
   CHECK(i->output_json && !strcmp(i->output_json, "[\"A\",3,\"A\",4,\"timeout\"]"));
   wf_info_free(i);
-  CHECK(history_has(h, "i1", "event", "A") == 2);
-  CHECK(history_has(h, "i1", "timeout", NULL) == 1);
+  CHECK(test_count_history(h, "i1", "event", "A") == 2);
+  CHECK(test_count_history(h, "i1", "timeout", NULL) == 1);
   wf_host_close(h);
 }
 
@@ -304,7 +281,7 @@ static void test_timer_across_restart(void) {
              "  return ctx:now() - t0\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "nap", NULL, "t1");
+  test_start(h, "nap", NULL, "t1");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(status_of(h, "t1"), "waiting"));
   fake_now += 299000;
@@ -315,11 +292,11 @@ static void test_timer_across_restart(void) {
   fake_now += 3600000;
   h = open_host(NULL);
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "t1");
+  wf_info *i = test_info_of(h, "t1");
   CHECK(!strcmp(i->status, "completed"));
   CHECK(i->output_json && !strcmp(i->output_json, "3899"));
   wf_info_free(i);
-  CHECK(history_has(h, "t1", "timer_fired", NULL) == 1);
+  CHECK(test_count_history(h, "t1", "timer_fired", NULL) == 1);
 
   /* A zero timeout does not wait: no event buffered means an immediate timeout. */
   write_file("zero.lua",
@@ -329,9 +306,9 @@ static void test_timer_across_restart(void) {
              "  return why\n"
              "end }\n");
   CHECK(wf_load_dir(h, wfdir) == WF_OK);
-  start(h, "zero", NULL, "z1");
+  test_start(h, "zero", NULL, "z1");
   CHECK(wf_host_drain(h) == WF_OK);
-  i = info_of(h, "z1");
+  i = test_info_of(h, "z1");
   CHECK(i->output_json && !strcmp(i->output_json, "\"timeout\""));
   wf_info_free(i);
   wf_host_close(h);
@@ -354,10 +331,10 @@ static void test_action_errors_and_async(void) {
   CHECK(wf_register_action(h, "decline", action_decline, NULL, NULL) == WF_OK);
   CHECK(wf_register_action(h, "slow", action_slow, NULL, NULL) == WF_OK);
   CHECK(wf_register_action(h, "garbage", action_garbage, NULL, NULL) == WF_OK);
-  start(h, "pay", NULL, "p1");
-  start(h, "boom", NULL, "b1");
+  test_start(h, "pay", NULL, "p1");
+  test_start(h, "boom", NULL, "b1");
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "p1");
+  wf_info *i = test_info_of(h, "p1");
   CHECK(!strcmp(i->status, "completed"));
   CHECK(i->output_json && strstr(i->output_json, "\"code\":\"declined\""));
   CHECK(i->output_json && strstr(i->output_json, "\"slow\":true"));
@@ -367,7 +344,7 @@ static void test_action_errors_and_async(void) {
   wf_info_free(i);
   CHECK(slow_calls == 1);
   CHECK(!strcmp(slow_key, "p1:2"));
-  i = info_of(h, "b1");
+  i = test_info_of(h, "b1");
   CHECK(!strcmp(i->status, "failed"));
   /* The message names the action and the error, and the traceback the workflow line. */
   CHECK(i->error && strstr(i->error, "action 'decline' failed: declined: card declined"));
@@ -390,32 +367,32 @@ static void test_cancel(void) {
              "  ctx.actions.not_registered {}\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "cx", NULL, "c1");
+  test_start(h, "cx", NULL, "c1");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(wf_cancel(h, "c1", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "c1");
+  wf_info *i = test_info_of(h, "c1");
   CHECK(!strcmp(i->status, "cancelled"));
   CHECK(i->data_json && strstr(i->data_json, "\"cleanup\":\"cancelled\""));
   wf_info_free(i);
-  CHECK(history_has(h, "c1", "action", "echo") == 1);
+  CHECK(test_count_history(h, "c1", "action", "echo") == 1);
   CHECK(wf_cancel(h, "c1", NULL, NULL) == WF_STATE);
   CHECK(strstr(wf_errmsg(h), "cancelled") != NULL);
 
   /* Cancelled before it ever ran: it ends at once and runs nothing. */
-  start(h, "cx", NULL, "c2");
+  test_start(h, "cx", NULL, "c2");
   CHECK(wf_cancel(h, "c2", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(status_of(h, "c2"), "cancelled"));
-  CHECK(history_has(h, "c2", "wait", NULL) == 0);
+  CHECK(test_count_history(h, "c2", "wait", NULL) == 0);
 
   /* A suspended instance can be cancelled by an operator. */
-  start(h, "boom2", NULL, "c3");
+  test_start(h, "boom2", NULL, "c3");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(status_of(h, "c3"), "suspended"));
   CHECK(wf_cancel(h, "c3", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *j = info_of(h, "c3");
+  wf_info *j = test_info_of(h, "c3");
   CHECK(!strcmp(j->status, "cancelled"));
   CHECK(j->error && strstr(j->error, "cancelled while suspended"));
   wf_info_free(j);
@@ -470,7 +447,7 @@ static void test_cache_eviction(void) {
   for (int i = 0; i < 40; i++) {
     snprintf(id, sizeof id, "park-%d", i);
     snprintf(input, sizeof input, "{\"i\":%d}", i);
-    start(h, "park", input, id);
+    test_start(h, "park", input, id);
   }
   CHECK(wf_host_drain(h) == WF_OK);
   replay_count = 0;
@@ -484,12 +461,12 @@ static void test_cache_eviction(void) {
   int ok = 0;
   for (int i = 0; i < 40; i++) {
     snprintf(id, sizeof id, "park-%d", i);
-    wf_info *in = info_of(h, id);
+    wf_info *in = test_info_of(h, id);
     char want[32];
     snprintf(want, sizeof want, "%d", i * 101);
     ok += !strcmp(in->status, "completed") && in->output_json && !strcmp(in->output_json, want);
     wf_info_free(in);
-    CHECK(history_has(h, id, "action", "echo") == 1);
+    CHECK(test_count_history(h, id, "action", "echo") == 1);
   }
   CHECK(ok == 40);
   wf_host_close(h);
@@ -554,7 +531,7 @@ static void test_disk_full(void) {
   CHECK(done_count == 2 && done_failed == 0);
   CHECK(!strcmp(status_of(h, "fill-ok"), "completed"));
   CHECK(!strcmp(status_of(h, "fill-3"), "waiting"));
-  CHECK(history_has(h, "fill-ok", "action", "echo") == 1);
+  CHECK(test_count_history(h, "fill-ok", "action", "echo") == 1);
   wf_host_close(h);
 }
 
@@ -612,11 +589,11 @@ static void test_replay_check(void) {
              "end }\n");
   wf_host *h = open_host(NULL);
   CHECK(wf_register_action(h, "*", action_any, NULL, NULL) == WF_OK);
-  start(h, "rc", "{\"wait\":false}", "rc-done");
-  start(h, "rc", "{\"wait\":true}", "rc-wait");
+  test_start(h, "rc", "{\"wait\":false}", "rc-done");
+  test_start(h, "rc", "{\"wait\":true}", "rc-wait");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(fallback_calls == 2);
-  wf_info *i = info_of(h, "rc-done");
+  wf_info *i = test_info_of(h, "rc-done");
   CHECK(i->output_json && !strcmp(i->output_json, "\"anything\""));
   wf_info_free(i);
   int64_t due = 0;
@@ -626,7 +603,7 @@ static void test_replay_check(void) {
   CHECK(wf_replay_check(h, "rc-done", &report) == WF_OK && report == NULL);
   CHECK(wf_replay_check(h, "rc-wait", &report) == WF_OK && report == NULL);
   CHECK(fallback_calls == 2); /* nothing was invoked */
-  CHECK(history_has(h, "rc-done", "action", NULL) == 1);
+  CHECK(test_count_history(h, "rc-done", "action", NULL) == 1);
 
   /* New code calls another action first: both instances diverge at step 1. */
   write_file("rc.lua",
@@ -662,7 +639,7 @@ static void test_replay_check(void) {
   /* Nothing was written by any check, and the live instance is untouched. */
   CHECK(!strcmp(status_of(h, "rc-done"), "completed"));
   CHECK(!strcmp(status_of(h, "rc-wait"), "waiting"));
-  CHECK(history_has(h, "rc-done", "suspended", NULL) == 0);
+  CHECK(test_count_history(h, "rc-done", "suspended", NULL) == 0);
   CHECK(wf_replay_check(h, "ghost", &report) == WF_NOTFOUND);
 
   char snap[200];
@@ -684,7 +661,7 @@ static void test_cancel_across_rebuild(void) {
              "  error(err)\n"
              "end }\n");
   wf_host *h = open_host(NULL);
-  start(h, "cc", NULL, "cc1");
+  test_start(h, "cc", NULL, "cc1");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(wf_cancel(h, "cc1", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
@@ -704,16 +681,16 @@ static void test_cancel_across_rebuild(void) {
   cfg.log_level = WF_LOG_DEBUG;
   cfg.cache_size = 1;
   h = open_host(&cfg);
-  start(h, "cc", NULL, "cc2");
-  start(h, "cc", NULL, "cc3"); /* evicts cc2 */
+  test_start(h, "cc", NULL, "cc2");
+  test_start(h, "cc", NULL, "cc3"); /* evicts cc2 */
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(wf_signal(h, "cc2", "go", NULL, NULL, NULL) == WF_OK);
   CHECK(wf_cancel(h, "cc2", NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  CHECK(history_has(h, "cc2", "event", "go") == 0);
-  CHECK(history_has(h, "cc2", "action", "echo") == 0);
-  CHECK(history_has(h, "cc2", "cancel", NULL) == 1);
-  CHECK(history_has(h, "cc2", "withdrawn", NULL) == 1);
+  CHECK(test_count_history(h, "cc2", "event", "go") == 0);
+  CHECK(test_count_history(h, "cc2", "action", "echo") == 0);
+  CHECK(test_count_history(h, "cc2", "cancel", NULL) == 1);
+  CHECK(test_count_history(h, "cc2", "withdrawn", NULL) == 1);
   wf_host_close(h);
 }
 

@@ -132,27 +132,9 @@ static wf_host *open_host(const char *dbname, const char *wfdir, const wf_config
   return h;
 }
 
-static void start(wf_host *h, const char *wf, const char *input, const char *id) {
-  int rc = wf_start(h, wf, input, id, NULL, NULL, NULL);
-  if (rc != WF_OK) fprintf(stderr, "start %s: %s\n", wf, wf_errmsg(h));
-  CHECK(rc == WF_OK);
-}
-
-/* The committed row of an instance; never NULL (an empty row if it is absent). */
-static wf_info *info_of(wf_host *h, const char *id) {
-  wf_info *i = NULL;
-  if (wf_get(h, id, &i) != WF_OK) {
-    fprintf(stderr, "  no instance %s: %s\n", id, wf_errmsg(h));
-    CHECK(0);
-    i = calloc(1, sizeof *i);
-    i->status = strdup("absent");
-  }
-  return i;
-}
-
 /* Checks that instance id completed with exactly this output. */
 static void expect_output(wf_host *h, const char *id, const char *output) {
-  wf_info *i = info_of(h, id);
+  wf_info *i = test_info_of(h, id);
   if (strcmp(i->status, "completed"))
     fprintf(stderr, "  %s is %s: %s\n", id, i->status, i->error ? i->error : "");
   CHECK(equals(i->status, "completed"));
@@ -162,7 +144,7 @@ static void expect_output(wf_host *h, const char *id, const char *output) {
 
 /* Checks that instance id failed and that its error contains every one of the strings. */
 static void expect_failed(wf_host *h, const char *id, const char *s1, const char *s2) {
-  wf_info *i = info_of(h, id);
+  wf_info *i = test_info_of(h, id);
   CHECK(equals(i->status, "failed"));
   CHECK(contains(i->error, s1));
   if (s2) CHECK(contains(i->error, s2));
@@ -285,10 +267,10 @@ static void test_denied(void) {
   for (size_t i = 0; i < ncases; i++) {
     char wf[64];
     snprintf(wf, sizeof wf, "sb_%s", deny_cases[i].name);
-    start(h, wf, NULL, wf);
+    test_start(h, wf, NULL, wf);
   }
-  start(h, "sb_allowed", NULL, "allowed");
-  start(h, "sb_method_dump", NULL, "method_dump");
+  test_start(h, "sb_allowed", NULL, "allowed");
+  test_start(h, "sb_method_dump", NULL, "method_dump");
   CHECK(wf_host_drain(h) == WF_OK);
 
   for (size_t i = 0; i < ncases; i++) {
@@ -299,7 +281,7 @@ static void test_denied(void) {
       snprintf(want, sizeof want, "sb_%s.lua:2: %s", deny_cases[i].name, deny_cases[i].msg);
     else
       snprintf(want, sizeof want, "%s", deny_cases[i].msg);
-    wf_info *inf = info_of(h, id);
+    wf_info *inf = test_info_of(h, id);
     if (strcmp(inf->status, "failed") || !inf->error || !strstr(inf->error, want) || !strstr(inf->error, at))
       fprintf(stderr, "  case %s:\n", deny_cases[i].name);
     CHECK(equals(inf->status, "failed"));
@@ -329,7 +311,7 @@ static void test_pairs_order(void) {
              "  return { keys, values, lib }\n"
              "end }\n");
   wf_host *h = open_host("pairs.db", wfdir, NULL);
-  start(h, "order", NULL, "o1");
+  test_start(h, "order", NULL, "o1");
   CHECK(wf_host_drain(h) == WF_OK);
   /* Numbers first (ascending), then strings (byte order), then booleans. */
   expect_output(h, "o1",
@@ -413,16 +395,16 @@ static void test_instruction_budget(void) {
   wf_config_init(&cfg);
   cfg.instruction_budget = 1000000;
   wf_host *h = open_host("budget.db", wfdir, &cfg);
-  start(h, "spin", NULL, "spin");
-  start(h, "ok", "1", "ok1"); /* in the same drain, after the runaway */
-  start(h, "spin_pcall", NULL, "spin_pcall");
-  start(h, "spin_xpcall", NULL, "spin_xpcall");
-  start(h, "spin_later", NULL, "spin_later");
-  start(h, "steps", NULL, "steps");
-  start(h, "steps_now", NULL, "steps_now");
-  start(h, "spin_random", NULL, "spin_random");
-  start(h, "steps_wait", NULL, "steps_wait");
-  start(h, "ok", "2", "ok2");
+  test_start(h, "spin", NULL, "spin");
+  test_start(h, "ok", "1", "ok1"); /* in the same drain, after the runaway */
+  test_start(h, "spin_pcall", NULL, "spin_pcall");
+  test_start(h, "spin_xpcall", NULL, "spin_xpcall");
+  test_start(h, "spin_later", NULL, "spin_later");
+  test_start(h, "steps", NULL, "steps");
+  test_start(h, "steps_now", NULL, "steps_now");
+  test_start(h, "spin_random", NULL, "spin_random");
+  test_start(h, "steps_wait", NULL, "steps_wait");
+  test_start(h, "ok", "2", "ok2");
   CHECK(wf_host_drain(h) == WF_OK);
 
   const char *budget = "instruction budget exceeded: more than 1000000 Lua instructions without waiting";
@@ -435,7 +417,7 @@ static void test_instruction_budget(void) {
   expect_output(h, "steps", "900000");
   expect_failed(h, "steps_now", "steps_now.lua:4: instruction budget exceeded", budget);
   expect_failed(h, "spin_random", "spin_random.lua:2: instruction budget exceeded", budget);
-  wf_info *w = info_of(h, "steps_wait");
+  wf_info *w = test_info_of(h, "steps_wait");
   CHECK(equals(w->status, "waiting"));
   wf_info_free(w);
   /* The failure is logged with the instance's id. */
@@ -447,7 +429,7 @@ static void test_instruction_budget(void) {
   CHECK(logged);
 
   /* The host goes on: a new instance after the runaways runs normally. */
-  start(h, "ok", "3", "ok3");
+  test_start(h, "ok", "3", "ok3");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "ok3", "{\"fine\":3}");
   wf_host_close(h);
@@ -469,7 +451,7 @@ static void test_instruction_budget(void) {
   CHECK(wf_load_dir(h, loaddir) == WF_LUA);
   CHECK(contains(wf_errmsg(h), "loops.lua:2: instruction budget exceeded"));
   CHECK(wf_load_dir(h, wfdir) == WF_OK); /* the host can still load code */
-  start(h, "ok", "4", "ok4");
+  test_start(h, "ok", "4", "ok4");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "ok4", "{\"fine\":4}");
   wf_host_close(h);
@@ -508,10 +490,10 @@ static void test_memory_limit(void) {
   wf_config_init(&cfg);
   cfg.memory_limit = (size_t)64 << 20;
   wf_host *h = open_host("memory.db", wfdir, &cfg);
-  start(h, "hog", NULL, "hog");
-  start(h, "modest", "1", "modest1"); /* in the same drain, right after the hog */
-  start(h, "hog_pcall", NULL, "hog_pcall");
-  start(h, "hog_str", NULL, "hog_str");
+  test_start(h, "hog", NULL, "hog");
+  test_start(h, "modest", "1", "modest1"); /* in the same drain, right after the hog */
+  test_start(h, "hog_pcall", NULL, "hog_pcall");
+  test_start(h, "hog_str", NULL, "hog_str");
   CHECK(wf_host_drain(h) == WF_OK);
 
   const char *limit = "memory limit exceeded: the workflow Lua state reached its limit of 67108864 bytes";
@@ -521,11 +503,11 @@ static void test_memory_limit(void) {
   expect_output(h, "modest1", "[20000,1]");
 
   /* The host goes on: new instances afterwards complete. */
-  start(h, "modest", "2", "modest2");
+  test_start(h, "modest", "2", "modest2");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "modest2", "[20000,2]");
-  start(h, "hog", NULL, "hog2");
-  start(h, "modest", "3", "modest3");
+  test_start(h, "hog", NULL, "hog2");
+  test_start(h, "modest", "3", "modest3");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_failed(h, "hog2", limit, NULL);
   expect_output(h, "modest3", "[20000,3]");
@@ -630,7 +612,7 @@ static void test_load_errors(void) {
              "return workflow.define { name = 'good', run = function(ctx) return 1 end }\n");
   CHECK(wf_check_dir(h, d5) == WF_OK);
   CHECK(wf_load_dir(h, d5) == WF_OK);
-  start(h, "good", NULL, "g1");
+  test_start(h, "good", NULL, "g1");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "g1", "1");
   wf_host_close(h);
@@ -653,15 +635,15 @@ static void test_runtime_error(void) {
              "  return 'fine'\n"
              "end }\n");
   wf_host *h = open_host("runtime.db", wfdir, NULL);
-  start(h, "x", "1", "x1");
-  start(h, "x", "2", "x2");
-  start(h, "x", "3", "x3");
-  start(h, "x", "4", "x4");
-  start(h, "x", "0", "x0");
+  test_start(h, "x", "1", "x1");
+  test_start(h, "x", "2", "x2");
+  test_start(h, "x", "3", "x3");
+  test_start(h, "x", "4", "x4");
+  test_start(h, "x", "0", "x0");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_failed(h, "x1", "workflows/x.lua:6: attempt to index a nil value (local 'order')",
                 "stack traceback:");
-  wf_info *i = info_of(h, "x1");
+  wf_info *i = test_info_of(h, "x1");
   CHECK(contains(i->error, "workflows/x.lua:6: in ")); /* the traceback's workflow frame */
   CHECK(i->error && !strstr(i->error, "[wfhost]"));     /* not the host's own frames */
   wf_info_free(i);
@@ -735,10 +717,10 @@ static void test_require(void) {
 
   wf_host *h = open_host("req.db", wfdir, NULL);
   logs_clear();
-  start(h, "req_ok", NULL, "ok1");
-  start(h, "req_ok", NULL, "ok2");
-  for (size_t i = 0; i < ncases; i++) start(h, cases[i].name, NULL, cases[i].name);
-  start(h, "req_twice", NULL, "twice");
+  test_start(h, "req_ok", NULL, "ok1");
+  test_start(h, "req_ok", NULL, "ok2");
+  for (size_t i = 0; i < ncases; i++) test_start(h, cases[i].name, NULL, cases[i].name);
+  test_start(h, "req_twice", NULL, "twice");
   CHECK(wf_host_drain(h) == WF_OK);
   /* Two requires in each of two instances: the module's top level ran once. */
   expect_output(h, "ok1", "[true,42,true]");
@@ -747,7 +729,7 @@ static void test_require(void) {
   const log_line *l = log_find(NULL, "helper loaded");
   CHECK(l && l->instance && !strcmp(l->instance, "ok1"));
   for (size_t i = 0; i < ncases; i++) {
-    wf_info *inf = info_of(h, cases[i].name);
+    wf_info *inf = test_info_of(h, cases[i].name);
     if (strcmp(inf->status, "failed") || !inf->error || !strstr(inf->error, cases[i].msg1))
       fprintf(stderr, "  case %s:\n", cases[i].name);
     CHECK(equals(inf->status, "failed"));
@@ -788,14 +770,14 @@ static void test_durations(void) {
   for (size_t i = 0; i < ngood; i++) {
     char id[32];
     snprintf(id, sizeof id, "nap%zu", i);
-    start(h, "nap", good[i].input, id);
+    test_start(h, "nap", good[i].input, id);
   }
   CHECK(wf_host_drain(h) == WF_OK);
   for (size_t i = 0; i < ngood; i++) {
     char id[32], want[128];
     snprintf(id, sizeof id, "nap%zu", i);
     snprintf(want, sizeof want, "{\"due\":%" PRId64 ",\"ms\":%" PRId64 "}", fake_now + good[i].ms, good[i].ms);
-    wf_info *inf = info_of(h, id);
+    wf_info *inf = test_info_of(h, id);
     CHECK(equals(inf->status, "waiting"));
     wf_info_free(inf);
     if (!equals(history_data(h, id, "sleep"), want)) {
@@ -807,7 +789,7 @@ static void test_durations(void) {
   int64_t t0 = fake_now;
   fake_now = t0 + 5400000 - 1;
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *inf = info_of(h, "nap1");
+  wf_info *inf = test_info_of(h, "nap1");
   CHECK(equals(inf->status, "waiting"));
   wf_info_free(inf);
   expect_output(h, "nap0", "\"woke\""); /* 250ms and 90s are long past */
@@ -825,9 +807,9 @@ static void test_durations(void) {
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     char id[32];
     snprintf(id, sizeof id, "bad%zu", i);
-    start(h, "nap_bad", bad[i], id);
+    test_start(h, "nap_bad", bad[i], id);
   }
-  start(h, "wait_bad", "\"5x\"", "wbad");
+  test_start(h, "wait_bad", "\"5x\"", "wbad");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_failed(h, "bad0", "nap_bad.lua:2: invalid duration \"5x\": ", forms);
   for (size_t i = 1; i < sizeof bad / sizeof bad[0]; i++) {
@@ -873,10 +855,10 @@ static void test_random(void) {
              "  return r\n"
              "end }\n");
   wf_host *h = open_host("random.db", wfdir, NULL);
-  start(h, "dice", NULL, "dice");
-  start(h, "empty", NULL, "empty");
-  start(h, "fraction", NULL, "fraction");
-  start(h, "empty_tail", NULL, "empty_tail");
+  test_start(h, "dice", NULL, "dice");
+  test_start(h, "empty", NULL, "empty");
+  test_start(h, "fraction", NULL, "fraction");
+  test_start(h, "empty_tail", NULL, "empty_tail");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "dice", "[true,true,true,true,true,true]"); /* every face, nothing else */
   expect_failed(h, "empty", "empty.lua:2: ctx:random(m, n): interval is empty", NULL);
@@ -901,7 +883,7 @@ static void test_logging(void) {
              "end }\n");
   wf_host *h = open_host("logging.db", wfdir, NULL);
   logs_clear();
-  start(h, "chatty", NULL, "c1");
+  test_start(h, "chatty", NULL, "c1");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "c1", "\"done\"");
   const log_line *l = log_find("c1", "order received");
@@ -938,14 +920,14 @@ static void hostile_error_object(void) {
   wf_config_init(&cfg);
   cfg.instruction_budget = 1000000;
   wf_host *h = open_host("hostile_err.db", hostile_dir, &cfg);
-  start(h, "evil_tostring", NULL, "evil1");
-  start(h, "evil_index", NULL, "evil2");
-  start(h, "kind", NULL, "kind1");
+  test_start(h, "evil_tostring", NULL, "evil1");
+  test_start(h, "evil_index", NULL, "evil2");
+  test_start(h, "kind", NULL, "kind1");
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "evil1");
+  wf_info *i = test_info_of(h, "evil1");
   CHECK(equals(i->status, "failed"));
   wf_info_free(i);
-  i = info_of(h, "evil2");
+  i = test_info_of(h, "evil2");
   CHECK(equals(i->status, "failed"));
   wf_info_free(i);
   expect_output(h, "kind1", "\"kind\"");
@@ -959,13 +941,13 @@ static void hostile_finalizer(void) {
   wf_config_init(&cfg);
   cfg.instruction_budget = 1000000;
   wf_host *h = open_host("hostile_gc.db", hostile_dir, &cfg);
-  start(h, "evil_gc", NULL, "evil");
+  test_start(h, "evil_gc", NULL, "evil");
   CHECK(wf_host_drain(h) == WF_OK);
   /* Instances that allocate enough for the collector to run the finalizer. */
   for (int k = 0; k < 4; k++) {
     char id[16];
     snprintf(id, sizeof id, "busy%d", k);
-    start(h, "busy", NULL, id);
+    test_start(h, "busy", NULL, id);
   }
   CHECK(wf_host_drain(h) == WF_OK);
   for (int k = 0; k < 4; k++) {
@@ -980,11 +962,11 @@ static void hostile_finalizer(void) {
  * them for the others. */
 static void hostile_ctx_metatable(void) {
   wf_host *h = open_host("hostile_ctx.db", hostile_dir, NULL);
-  start(h, "meddle", NULL, "meddle");
+  test_start(h, "meddle", NULL, "meddle");
   CHECK(wf_host_drain(h) == WF_OK);
-  start(h, "victim", NULL, "victim");
+  test_start(h, "victim", NULL, "victim");
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "victim");
+  wf_info *i = test_info_of(h, "victim");
   CHECK(equals(i->status, "completed"));
   CHECK(i->output_json && strcmp(i->output_json, "42") != 0); /* the real ctx:now() ran */
   wf_info_free(i);
@@ -998,16 +980,16 @@ static void hostile_ctx_metatable(void) {
 static const char *shared_dir;
 static void hostile_shared_state(void) {
   wf_host *h = open_host("shared.db", shared_dir, NULL);
-  start(h, "meddle2", NULL, "meddle2");
+  test_start(h, "meddle2", NULL, "meddle2");
   CHECK(wf_host_drain(h) == WF_OK);
-  start(h, "victim2", NULL, "victim2");
+  test_start(h, "victim2", NULL, "victim2");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_output(h, "victim2", "[\"A\",1,true,0.25,3]");
-  wf_info *i = info_of(h, "meddle2");
+  wf_info *i = test_info_of(h, "meddle2");
   CHECK(equals(i->status, "completed"));
   CHECK(i->output_json && !strstr(i->output_json, "changed")); /* every attempt failed */
   wf_info_free(i);
-  start(h, "bad_name", NULL, "bad_name");
+  test_start(h, "bad_name", NULL, "bad_name");
   CHECK(wf_host_drain(h) == WF_OK);
   expect_failed(h, "bad_name", "bad_name.lua:2: ctx.actions: bad action name", NULL);
   wf_host_close(h);

@@ -112,4 +112,38 @@ static inline const char *test_status_of(wf_host *h, const char *id) {
   return buf;
 }
 
+/* Starts an instance, reporting a failure as a check. */
+static inline void test_start(wf_host *h, const char *wf, const char *input, const char *id) {
+  int rc = wf_start(h, wf, input, id, NULL, NULL, NULL);
+  if (rc != WF_OK) fprintf(stderr, "start %s: %s\n", wf, wf_errmsg(h));
+  CHECK(rc == WF_OK);
+}
+
+/* The committed row of an instance; never NULL (a row with status "absent" if there is none,
+ * which fails a check). Free it with wf_info_free(). */
+static inline wf_info *test_info_of(wf_host *h, const char *id) {
+  wf_info *i = NULL;
+  if (wf_get(h, id, &i) != WF_OK) {
+    fprintf(stderr, "  no instance %s: %s\n", id, wf_errmsg(h));
+    CHECK(0);
+    i = calloc(1, sizeof *i);
+    if (!i) abort();
+    i->status = strdup("absent");
+  }
+  return i;
+}
+
+/* How many history entries of the instance have this kind (and name, unless NULL); -1 if
+ * its history cannot be read. */
+static inline int test_count_history(wf_host *h, const char *id, const char *kind, const char *name) {
+  wf_history_entry *e;
+  size_t n;
+  int found = 0;
+  if (wf_history(h, id, &e, &n) != WF_OK) return -1;
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(e[i].kind, kind) && (!name || (e[i].name && !strcmp(e[i].name, name)))) found++;
+  wf_history_free(e, n);
+  return found;
+}
+
 #endif /* WF_TEST_UTIL_H */

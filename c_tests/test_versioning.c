@@ -54,29 +54,6 @@ static wf_host *open_host(void) {
   return open_cfg(&cfg);
 }
 
-static void start(wf_host *h, const char *wf, const char *input, const char *id) {
-  int rc = wf_start(h, wf, input, id, NULL, NULL, NULL);
-  if (rc != WF_OK) fprintf(stderr, "start %s: %s\n", wf, wf_errmsg(h));
-  CHECK(rc == WF_OK);
-}
-
-static wf_info *info_of(wf_host *h, const char *id) {
-  wf_info *i = NULL;
-  CHECK(wf_get(h, id, &i) == WF_OK);
-  return i;
-}
-
-static int count_kind(wf_host *h, const char *id, const char *kind, const char *name) {
-  wf_history_entry *e;
-  size_t n;
-  int found = 0;
-  if (wf_history(h, id, &e, &n) != WF_OK) return -1;
-  for (size_t i = 0; i < n; i++)
-    if (!strcmp(e[i].kind, kind) && (!name || (e[i].name && !strcmp(e[i].name, name)))) found++;
-  wf_history_free(e, n);
-  return found;
-}
-
 static size_t history_len(wf_host *h, const char *id) {
   wf_history_entry *e;
   size_t n = 0;
@@ -86,7 +63,7 @@ static size_t history_len(wf_host *h, const char *id) {
 }
 
 static int output_is(wf_host *h, const char *id, const char *json) {
-  wf_info *i = info_of(h, id);
+  wf_info *i = test_info_of(h, id);
   int ok = i && !strcmp(i->status, "completed") && i->output_json && !strcmp(i->output_json, json);
   if (!ok && i) fprintf(stderr, "%s: %s %s %s\n", id, i->status, i->output_json ? i->output_json : "-", i->error ? i->error : "");
   wf_info_free(i);
@@ -94,7 +71,7 @@ static int output_is(wf_host *h, const char *id, const char *json) {
 }
 
 static int error_has(wf_host *h, const char *id, const char *status, const char *text) {
-  wf_info *i = info_of(h, id);
+  wf_info *i = test_info_of(h, id);
   int ok = i && !strcmp(i->status, status) && i->error && strstr(i->error, text);
   if (!ok && i) fprintf(stderr, "%s: %s: %s\n", id, i->status, i->error ? i->error : "(no error)");
   wf_info_free(i);
@@ -130,7 +107,7 @@ static void test_side_by_side(void) {
   write_file("lib/common.lua", "return { tag = function(v) return 'v' .. v end }\n");
   write_file("order@1.lua", ORDER(1, ""));
   wf_host *h = open_host();
-  start(h, "order", NULL, "o1");
+  test_start(h, "order", NULL, "o1");
   CHECK(wf_host_drain(h) == WF_OK);
   wf_host_close(h);
 
@@ -138,12 +115,12 @@ static void test_side_by_side(void) {
   write_file("order.lua", ORDER(2, "  ctx.actions.echo { v = 2 }\n"));
   h = open_host();
   CHECK(!strcmp(versions_of(h), "order@1:loaded:1 order@2:newest:0"));
-  start(h, "order", NULL, "o2");
+  test_start(h, "order", NULL, "o2");
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "o2");
+  wf_info *i = test_info_of(h, "o2");
   CHECK(i && i->version == 2);
   wf_info_free(i);
-  i = info_of(h, "o1");
+  i = test_info_of(h, "o1");
   CHECK(i && i->version == 1);
   wf_info_free(i);
   CHECK(!strcmp(versions_of(h), "order@1:loaded:1 order@2:newest:1"));
@@ -152,8 +129,8 @@ static void test_side_by_side(void) {
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(output_is(h, "o1", "\"v1\""));
   CHECK(output_is(h, "o2", "\"v2\""));
-  CHECK(count_kind(h, "o1", "action", "echo") == 0);
-  CHECK(count_kind(h, "o2", "action", "echo") == 1);
+  CHECK(test_count_history(h, "o1", "action", "echo") == 0);
+  CHECK(test_count_history(h, "o2", "action", "echo") == 1);
   CHECK(!strcmp(versions_of(h), "order@1:loaded:0 order@2:newest:0"));
   wf_host_close(h);
 
@@ -180,7 +157,7 @@ static void test_version_gone(void) {
   clear_dir();
   write_file("order@1.lua", ORDER(1, ""));
   wf_host *h = open_host();
-  start(h, "order", NULL, "g1");
+  test_start(h, "order", NULL, "g1");
   CHECK(wf_host_drain(h) == WF_OK);
   wf_host_close(h);
 
@@ -268,8 +245,8 @@ static void test_patched(void) {
   clear_dir();
   write_file("flow.lua", flow_a);
   wf_host *h = open_host();
-  start(h, "flow", NULL, "p-old"); /* will be past the change when B arrives */
-  start(h, "flow", NULL, "p-mid"); /* will be before it */
+  test_start(h, "flow", NULL, "p-old"); /* will be past the change when B arrives */
+  test_start(h, "flow", NULL, "p-mid"); /* will be before it */
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(wf_signal(h, "p-old", "go", NULL, NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
@@ -280,12 +257,12 @@ static void test_patched(void) {
   char *report = NULL;
   CHECK(wf_replay_check(h, "p-old", &report) == WF_OK && report == NULL);
   free(report);
-  start(h, "flow", NULL, "p-new");
+  test_start(h, "flow", NULL, "p-new");
   CHECK(wf_signal(h, "p-mid", "go", NULL, NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(test_status_of(h, "p-mid"), "waiting"));
-  CHECK(count_kind(h, "p-mid", "patch", "use-c") == 1);
-  CHECK(count_kind(h, "p-mid", "action", "log") == 1);
+  CHECK(test_count_history(h, "p-mid", "patch", "use-c") == 1);
+  CHECK(test_count_history(h, "p-mid", "action", "log") == 1);
   wf_host_close(h);
 
   /* Every instance is rebuilt by replay from here on, and keeps its path. */
@@ -306,11 +283,11 @@ static void test_patched(void) {
   CHECK(output_is(h, "p-old", "\"old\""));
   CHECK(output_is(h, "p-mid", "\"new\""));
   CHECK(output_is(h, "p-new", "\"new\""));
-  CHECK(count_kind(h, "p-old", "patch", NULL) == 0);
-  CHECK(count_kind(h, "p-old", "action", "echo") == 2);
-  CHECK(count_kind(h, "p-mid", "patch", NULL) == 1); /* one entry, however often it was asked */
-  CHECK(count_kind(h, "p-new", "patch", NULL) == 1);
-  CHECK(count_kind(h, "p-new", "action", "echo") == 1);
+  CHECK(test_count_history(h, "p-old", "patch", NULL) == 0);
+  CHECK(test_count_history(h, "p-old", "action", "echo") == 2);
+  CHECK(test_count_history(h, "p-mid", "patch", NULL) == 1); /* one entry, however often it was asked */
+  CHECK(test_count_history(h, "p-new", "patch", NULL) == 1);
+  CHECK(test_count_history(h, "p-new", "action", "echo") == 1);
   for (int k = 0; k < 3; k++) { /* and finished histories replay the same */
     report = NULL;
     CHECK(wf_replay_check(h, ids[k], &report) == WF_OK && report == NULL);
@@ -324,10 +301,10 @@ static void test_patched(void) {
              "  return use\n"
              "end }\n");
   CHECK(wf_load_dir(h, wfdir) == WF_OK);
-  start(h, "short", "\"\"", "bad-1");
-  start(h, "short", "7", "bad-2");
-  start(h, "short", "\"a\\nb\"", "bad-3");
-  start(h, "short", "\"ok\"", "good");
+  test_start(h, "short", "\"\"", "bad-1");
+  test_start(h, "short", "7", "bad-2");
+  test_start(h, "short", "\"a\\nb\"", "bad-3");
+  test_start(h, "short", "\"ok\"", "good");
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(error_has(h, "bad-1", "failed", "short.lua:2: ctx:patched(change_id): the change id must be a non-empty string "
                                         "of at most 128 bytes without control characters, got \"\""));
@@ -354,16 +331,16 @@ static void test_progress(void) {
              "  ctx:progress(100, 'done')\n"
              "end }\n");
   wf_host *h = open_host();
-  start(h, "prog", NULL, "pr");
-  start(h, "prog", NULL, "none");
+  test_start(h, "prog", NULL, "pr");
+  test_start(h, "prog", NULL, "none");
   CHECK(wf_host_drain(h) == WF_OK);
-  wf_info *i = info_of(h, "pr");
+  wf_info *i = test_info_of(h, "pr");
   CHECK(i && i->progress == 40 && i->progress_message && !strcmp(i->progress_message, "batch 4"));
   wf_info_free(i);
   CHECK(history_len(h, "pr") == 2); /* started, wait: no entry per progress report */
   CHECK(wf_signal(h, "pr", "go", NULL, NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  i = info_of(h, "pr");
+  i = test_info_of(h, "pr");
   CHECK(i && i->progress == 62.5 && i->progress_message == NULL);
   wf_info_free(i);
   wf_host_close(h);
@@ -372,7 +349,7 @@ static void test_progress(void) {
   h = open_host();
   CHECK(wf_signal(h, "pr", "go", NULL, NULL, NULL) == WF_OK);
   CHECK(wf_host_drain(h) == WF_OK);
-  i = info_of(h, "pr");
+  i = test_info_of(h, "pr");
   CHECK(i && !strcmp(i->status, "completed") && i->progress == 100 && i->progress_message &&
         !strcmp(i->progress_message, "done"));
   wf_info_free(i);
@@ -392,7 +369,7 @@ static void test_progress(void) {
     char input[32], id[32];
     snprintf(input, sizeof input, "\"%s\"", bad[k][0]);
     snprintf(id, sizeof id, "bad-%s", bad[k][0]);
-    start(h, "prog", input, id);
+    test_start(h, "prog", input, id);
   }
   CHECK(wf_host_drain(h) == WF_OK);
   for (int k = 0; k < 5; k++) {
@@ -400,7 +377,7 @@ static void test_progress(void) {
     snprintf(id, sizeof id, "bad-%s", bad[k][0]);
     CHECK(error_has(h, id, "failed", bad[k][1]));
     CHECK(error_has(h, id, "failed", "prog.lua:"));
-    wf_info *b = info_of(h, id);
+    wf_info *b = test_info_of(h, id);
     CHECK(b && b->progress == -1);
     wf_info_free(b);
   }
@@ -433,9 +410,9 @@ static void test_history_size(void) {
   size_warnings = 0;
   wf_host *h = open_cfg(&cfg);
   /* w1: each sleep is 2 entries (sleep, timer_fired); 6 sleeps pass the warning size. */
-  start(h, "loop", "6", "w1");
-  start(h, "loop", "100", "big");
-  start(h, "labels", NULL, "lab");
+  test_start(h, "loop", "6", "w1");
+  test_start(h, "loop", "100", "big");
+  test_start(h, "labels", NULL, "lab");
   CHECK(wf_host_drain(h) == WF_OK);
   for (int k = 0; k < 120; k++) {
     fake_now += 1000;
@@ -444,7 +421,7 @@ static void test_history_size(void) {
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(test_status_of(h, "w1"), "completed"));
   CHECK(size_warnings == 1);
-  CHECK(count_kind(h, "w1", "history_warning", NULL) == 1);
+  CHECK(test_count_history(h, "w1", "history_warning", NULL) == 1);
   CHECK(error_has(h, "big", "failed", "history of instance big reached 30 entries (config history_limit); use "
                                       "ctx:continue_as_new to keep a long-running workflow's history bounded"));
   CHECK(history_len(h, "big") >= 30 && history_len(h, "big") <= 32); /* and the failed entry */
@@ -452,7 +429,7 @@ static void test_history_size(void) {
   CHECK(history_len(h, "lab") <= 32);
 
   /* The host goes on: a fresh instance runs to its end. */
-  start(h, "loop", "2", "after");
+  test_start(h, "loop", "2", "after");
   CHECK(wf_host_drain(h) == WF_OK);
   fake_now += 1000;
   CHECK(wf_host_drain(h) == WF_OK);
@@ -484,7 +461,7 @@ static void test_history_limit_retrying(void) {
   o.retry.initial_delay_ms = 1000;
   o.breaker.enabled = 0;
   CHECK(wf_register_action(h, "flaky", action_flaky, NULL, &o) == WF_OK);
-  start(h, "retry", NULL, "r1");
+  test_start(h, "retry", NULL, "r1");
   CHECK(wf_host_drain(h) == WF_OK);
   for (int k = 0; k < 40 && strcmp(test_status_of(h, "r1"), "failed"); k++) {
     fake_now += 1000;
@@ -513,7 +490,7 @@ static void test_history_warning_next_run(void) {
   size_warnings = 0;
   watched = "w2";
   wf_host *h = open_cfg(&cfg);
-  start(h, "loop", "10", "w2");
+  test_start(h, "loop", "10", "w2");
   for (int k = 0; k < 5; k++) {
     CHECK(wf_host_drain(h) == WF_OK);
     fake_now += 1000;
@@ -529,7 +506,7 @@ static void test_history_warning_next_run(void) {
   CHECK(wf_host_drain(h) == WF_OK);
   CHECK(!strcmp(test_status_of(h, "w2"), "completed"));
   CHECK(size_warnings == 2);
-  CHECK(count_kind(h, "w2", "history_warning", NULL) == 2);
+  CHECK(test_count_history(h, "w2", "history_warning", NULL) == 2);
   wf_host_close(h);
 
   wf_config_init(&cfg);

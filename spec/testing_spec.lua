@@ -4,12 +4,7 @@ local wt = require "workflow.testing"
 
 local FIXTURES = "spec/fixtures/workflows"
 
-local function write(dir, name, src)
-  os.execute("mkdir -p " .. dir)
-  local f = assert(io.open(dir .. "/" .. name, "w"))
-  f:write(src)
-  f:close()
-end
+local write = require("support").write
 
 describe("workflow.testing #unit", function()
   local env

@@ -3,12 +3,7 @@
 -- is, and with a restart (a new host rebuilding every instance by replay) after every step.
 local wt = require "workflow.testing"
 
-local function write(dir, name, src)
-  os.execute("mkdir -p " .. dir)
-  local f = assert(io.open(dir .. "/" .. name, "w"))
-  f:write(src)
-  f:close()
-end
+local write = require("support").write
 
 -- order, before the change: charge, wait for Shipped, email, wait for Delivered.
 local ORDER_V1 = [[

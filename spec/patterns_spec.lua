@@ -148,8 +148,11 @@ describe("patterns #patterns", function()
         run:cancel()
         e:settle()
         assert.are.equal("waiting", run:status()) -- sleeping in its cleanup
-        run:cancel() -- a second request: the instance is already cancelled
+        run:cancel() -- a second cancellation, during the shielded cleanup: raised after it
+        e:settle()
+        assert.are.equal("waiting", run:status())
         e:advance("2m")
+        assert.spy(e.actions.audit).was.called() -- the cleanup ran to its end first
         assert.are.equal("cancelled", run:status())
       end)
     end)

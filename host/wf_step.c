@@ -723,6 +723,7 @@ static void build(wf_host *h, wf_instance *in) {
   lua_pop(L, 1); /* run */
 
   in->seq = 0;
+  in->emit_seq = in->emit_n = 0;
   in->replaying = in->replay_max_seq > 0;
   if (in->replaying)
     wf_log(h, WF_LOG_DEBUG, in->id, NULL, "rebuilding by replay (%zu history entries)", in->nhist);
@@ -829,8 +830,8 @@ void wf_step_advance(wf_host *h, wf_instance *in) {
   }
 }
 
-/* note(_, kind, ...): state labels and log lines of the running instance, recorded without
- * yielding. */
+/* note(_, kind, ...): state labels, log lines and outbox messages (wf_outbox.c) of the running
+ * instance, recorded without yielding. */
 int wf_step_note(lua_State *L) {
   wf_host *h = lua_touserdata(L, lua_upvalueindex(1));
   wf_instance *in = h->current;
@@ -846,6 +847,8 @@ int wf_step_note(lua_State *L) {
     if (!in->replaying) wf_engine_history(h, in, in->seq, "state", label, NULL);
   } else if (!strcmp(kind, "log") && !in->replaying) {
     wf_log(h, wf_log_level_parse(luaL_checkstring(L, 3)), in->id, lua_tostring(L, 5), "%s", luaL_checkstring(L, 4));
+  } else if (!strcmp(kind, "emit")) {
+    return wf_outbox_emit(h, in, L);
   }
   return 0;
 }

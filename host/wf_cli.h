@@ -43,4 +43,8 @@ void wf_cli_print_show_json(const wf_info *in, const wf_history_entry *hist, siz
 void wf_cli_print_breakers(const wf_breaker_info *list, size_t n);
 void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n);
 
+/* Prints outbox deliveries as the `outbox` table, or as a JSON array. */
+void wf_cli_print_outbox(const wf_outbox_entry *list, size_t n);
+void wf_cli_print_outbox_json(const wf_outbox_entry *list, size_t n);
+
 #endif

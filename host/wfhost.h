@@ -462,7 +462,8 @@ typedef struct wf_history_entry {
   int64_t seq;     /* the command this entry belongs to (0: the instance itself) */
   char *kind;      /* started, action, action_result, action_error, action_lost, wait, event,
                       timeout, sleep, timer_fired, now, random, uuid, state, cancelled,
-                      completed, failed, suspended; for an action step's attempts: attempt,
+                      completed, failed, suspended, emit (an outbox message: name the topic,
+                      data {"id","payload"}); for an action step's attempts: attempt,
                       attempt_failed, rejected, retry_scheduled, exhausted, outcome_unknown,
                       breaker (see "Observing actions") */
   char *name;      /* action or event name, or NULL */

@@ -440,7 +440,10 @@ static void dispatch(wf_host *h) {
     }
     for (int n = 0; n < ROUND_MAX && !s->inflight && !s->blocked && s->has_work && s->wait_until <= now; n++) {
       head hd;
-      if (read_head(h, s, &hd) != WF_OK) break;
+      if (read_head(h, s, &hd) != WF_OK) {
+        s->wait_until = now + 1000; /* the store could not be read: try again in a second */
+        break;
+      }
       if (!hd.d) {
         s->has_work = 0;
         break;
@@ -545,18 +548,22 @@ void wf_outbox_committed(wf_host *h) {
     free(ob->ops[i].sub);
     free(ob->ops[i].error);
   }
-  memmove(ob->ops, ob->ops + ob->nops_written, (ob->nops - ob->nops_written) * sizeof *ob->ops);
+  if (ob->nops > ob->nops_written) /* (memmove of a NULL array is undefined, even of 0 bytes) */
+    memmove(ob->ops, ob->ops + ob->nops_written, (ob->nops - ob->nops_written) * sizeof *ob->ops);
   ob->nops -= ob->nops_written;
   for (size_t i = 0; i < ob->nreqs_written; i++) {
     free(ob->reqs[i].msg_id);
     free(ob->reqs[i].sub);
   }
-  memmove(ob->reqs, ob->reqs + ob->nreqs_written, (ob->nreqs - ob->nreqs_written) * sizeof *ob->reqs);
+  if (ob->nreqs > ob->nreqs_written)
+    memmove(ob->reqs, ob->reqs + ob->nreqs_written, (ob->nreqs - ob->nreqs_written) * sizeof *ob->reqs);
   ob->nreqs -= ob->nreqs_written;
   ob->nops_written = ob->nreqs_written = 0;
   if (ob->route_written) ob->route = ob->route_written = 0;
   for (wf_subscriber *s = ob->subs; s; s = s->next) {
-    memmove(s->resolved, s->resolved + s->nresolved_written, (s->nresolved - s->nresolved_written) * sizeof *s->resolved);
+    if (s->nresolved > s->nresolved_written)
+      memmove(s->resolved, s->resolved + s->nresolved_written,
+              (s->nresolved - s->nresolved_written) * sizeof *s->resolved);
     s->nresolved -= s->nresolved_written;
     s->nresolved_written = 0;
     s->blocked = 0;

@@ -23,6 +23,10 @@
  * is lost, and a lost attempt uses an attempt, so `record` allows many: scenario 3 kills the
  * host again and again while the same steps are in flight.)
  *
+ * `feed`, an outbox subscriber to every topic, appends "<message id> <attempt>\n" to
+ * "<WF_CRASH_LOG>.outbox" (fsync'ed) for each delivery, checks that the message's emit is
+ * committed, and completes after WF_CRASH_DELAY_MS like `record`.
+ *
  * `flaky` fails its first attempt (transient) and succeeds on the next ones; each invocation
  * appends "<key> <attempt> <wall ms>\n" to "<WF_CRASH_LOG>.flaky", fsync'ed first, so the
  * test sees when each attempt ran, across kills.
@@ -77,39 +81,48 @@ static int append_line(wf_call *c) {
   return rc;
 }
 
-static void violation(wf_call *c, const char *what) {
+static void violation_of(const char *key, int attempt, const char *what) {
   char path[4096], line[1024];
   snprintf(path, sizeof path, "%s.violations", log_path);
-  int n = snprintf(line, sizeof line, "%s %d: %s\n", wf_call_key(c), wf_call_attempt(c), what);
+  int n = snprintf(line, sizeof line, "%s %d: %s\n", key, attempt, what);
   int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return;
   if (write(fd, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1)) > 0) fsync(fd);
   close(fd);
 }
 
+static void violation(wf_call *c, const char *what) { violation_of(wf_call_key(c), wf_call_attempt(c), what); }
+
 static void close_reader(void) {
   wf_host_close(reader);
   reader = NULL;
 }
 
-/* Checks the journal as committed now against this call (see the top of the file). */
-static void check_journal(wf_call *c) {
-  if (!db_path || reader_failed) return;
+/* The client handle on db_path (opened at the first use), or NULL after reporting why. */
+static wf_host *get_reader(const char *key, int attempt) {
   char msg[600];
+  if (!db_path || reader_failed) return NULL;
   if (!reader) {
     wf_config cfg;
     wf_config_init(&cfg);
     cfg.mode = WF_MODE_CLIENT;
     if (wf_host_open(db_path, &cfg, &reader) != WF_OK) {
       snprintf(msg, sizeof msg, "cannot open %s to check the journal: %s", db_path, wf_errmsg(reader));
-      violation(c, msg);
+      violation_of(key, attempt, msg);
       wf_host_close(reader);
       reader = NULL;
       reader_failed = 1;
-      return;
+      return NULL;
     }
     atexit(close_reader);
   }
+  return reader;
+}
+
+/* Checks the journal as committed now against this call (see the top of the file). */
+static void check_journal(wf_call *c) {
+  char msg[600];
+  if (!get_reader(wf_call_key(c), wf_call_attempt(c))) return;
   const char *colon = strrchr(wf_call_key(c), ':');
   int64_t seq = colon ? strtoll(colon + 1, NULL, 10) : -1;
   wf_history_entry *e;
@@ -184,6 +197,52 @@ static void flaky(wf_call *c, void *ud) {
   else wf_call_ok(c, "{\"ok\":true}");
 }
 
+/* ---- the outbox subscriber ---- */
+
+static void feed_done(uv_timer_t *t) {
+  wf_delivery_ok(t->data);
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
+/* `feed` subscribes to every topic: it appends "<message id> <attempt>\n" to
+ * "<WF_CRASH_LOG>.outbox" (fsync'ed), checks through the client handle that the message's
+ * emit is committed (the durability barrier), and completes after WF_CRASH_DELAY_MS. */
+static void feed(wf_delivery *d, const char *msg_id, const char *topic, const char *payload, int attempt, void *ud) {
+  (void)topic, (void)payload, (void)ud;
+  wf_host *r = get_reader(msg_id, attempt);
+  if (r) {
+    wf_history_entry *e;
+    size_t n;
+    int found = 0;
+    char want[WF_ID_MAX + 64];
+    snprintf(want, sizeof want, "\"id\":\"%s\"", msg_id);
+    if (wf_history(r, wf_delivery_instance(d), &e, &n) == WF_OK) {
+      for (size_t i = 0; i < n; i++)
+        found |= !strcmp(e[i].kind, "emit") && e[i].data_json && strstr(e[i].data_json, want) != NULL;
+      wf_history_free(e, n);
+    }
+    if (!found) violation_of(msg_id, attempt, "delivered before its emit was committed");
+  }
+  char path[4096], line[WF_ID_MAX + 64];
+  snprintf(path, sizeof path, "%s.outbox", log_path);
+  int len = snprintf(line, sizeof line, "%s %d\n", msg_id, attempt);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, line, (size_t)len) != len || fsync(fd) != 0) {
+    if (fd >= 0) close(fd);
+    wf_delivery_fail(d, "feed_log", strerror(errno));
+    return;
+  }
+  close(fd);
+  uv_timer_t *t = delay_ms ? malloc(sizeof *t) : NULL;
+  if (!t) {
+    wf_delivery_ok(d);
+    return;
+  }
+  uv_timer_init(wf_host_loop(wf_delivery_host(d)), t);
+  t->data = d;
+  uv_timer_start(t, feed_done, delay_ms, 0);
+}
+
 int wfhost_plugin_init(wf_host *h) {
   log_path = getenv("WF_CRASH_LOG");
   if (!log_path || !*log_path) {
@@ -198,5 +257,6 @@ int wfhost_plugin_init(wf_host *h) {
   wf_action_opts_init(&opts);
   opts.retry.max_attempts = 1000;
   int rc = wf_register_action(h, "record", record, NULL, &opts);
-  return rc == WF_OK ? wf_register_action(h, "flaky", flaky, NULL, NULL) : rc;
+  if (rc == WF_OK) rc = wf_register_action(h, "flaky", flaky, NULL, NULL);
+  return rc == WF_OK ? wf_subscribe(h, "feed", "*", feed, NULL, NULL) : rc;
 }

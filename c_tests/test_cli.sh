@@ -1,7 +1,7 @@
 #!/bin/sh
 # End-to-end test of the `wfhost` command, as an operator uses it (docs/cli.md): usage and
 # exit statuses, `check`, the client commands against a running host in another process
-# (start, signal, cancel, retry, list, show, --json), a suspended instance and `retry`, a
+# (start, signal, cancel, retry, list, show, breakers, outbox, --json), a suspended instance and `retry`, a
 # second host refused, a graceful stop on SIGTERM and a restart after `kill -9`.
 #
 #   sh c_tests/test_cli.sh WFHOST DEMO_ACTIONS_SO WORKFLOWS_DIR
@@ -167,14 +167,14 @@ cd "$T/cwd" || exit 2
 echo "# usage"
 run "$WFHOST" --help
 check "wfhost --help exits 0 and shows the usage" eval 'rc_is 0 && out_has "Usage: wfhost"'
-for c in run start signal cancel retry list show workflows check; do
+for c in run start signal cancel retry list show workflows outbox schedule check; do
   check "wfhost --help lists '$c'" out_matches "^  $c "
 done
 run "$WFHOST" --version
 check "wfhost --version exits 0 and prints the version" eval 'rc_is 0 && out_matches "^wfhost [0-9][0-9.]*$"'
 run "$WFHOST" --json --version
 check "wfhost --json --version prints {\"version\":...}" eval 'rc_is 0 && out_matches "^{\"version\":\"[0-9.]*\"}$"'
-for c in run start signal cancel retry list show workflows check; do
+for c in run start signal cancel retry list show workflows outbox schedule check; do
   run "$WFHOST" "$c" --help
   check "wfhost $c --help exits 0 and shows its usage" eval 'rc_is 0 && out_matches "^Usage: wfhost .*$c"'
 done
@@ -419,6 +419,58 @@ check "removing it again exits 1" fails_with 1 "no schedule 'inv-every15'"
 wf --json schedule list
 check "only the definition's schedule is left" eval 'rc_is 0 && [ "$(count_in_out "\"id\":")" = 1 ]'
 check "the host logged no schedule error" eval '! grep -q "schedule.*not\|does not fire" "$hostlog"'
+
+# --- the outbox -------------------------------------------------------------------------------
+# Orders emit order.shipped (the demo plugin's shipping_feed takes it, refusing the address
+# "nowhere" twice, 200 ms apart: then a dead letter) and order.cancelled (no subscriber).
+echo "# outbox"
+wait_outbox() { # polls `wfhost --json outbox ARGS...` (after the first) until it contains $1
+  want=$1; shift
+  deadline=$(($(now) + 10))
+  until wf --json outbox "$@" && out_has "$want"; do
+    [ "$(now)" -le "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+feed_lines() { grep -c "\[demo\] feed order.shipped $1 attempt $2 " "$hostlog"; }
+check "ord-1's order.shipped went to the feed once, after it shipped" eval '[ "$(feed_lines ord-1:4:1 1)" = 1 ]'
+wf outbox --failed
+check "no failed delivery yet: exit 0, a note on stderr" eval 'rc_is 0 && out_empty && err_has "no failed delivery"'
+wf start order_fulfillment '{"id":"A-2","customer":"c-2","address":"nowhere","cooling_off":"1ms","items":[{"sku":"tea","qty":1,"price":2}]}' --id ord-2
+check "ord-2 ships" wait_show ord-2 '"status":"completed"'
+check "its history has the emit, with the message id and payload" \
+  out_has '"kind":"emit","name":"order.shipped","at":'
+check "the feed refuses it twice, then it is a dead letter" wait_outbox '"id":"ord-2:4:1","topic":"order.shipped","instance":"ord-2","subscriber":"shipping_feed","status":"failed","attempts":2,"next_attempt":null,"last_error":"bad_address: the feed refuses the address '"'nowhere'"'"' --failed
+check "two attempts, each once" eval '[ "$(feed_lines ord-2:4:1 1)" = 1 ] && [ "$(feed_lines ord-2:4:1 2)" = 1 ]'
+wf outbox
+check "outbox (text) has a header and the dead letter" \
+  eval 'rc_is 0 && out_matches "^MESSAGE  *TOPIC  *INSTANCE  *SUBSCRIBER  *STATUS  *ATTEMPTS  *NEXT ATTEMPT  *LAST ERROR" &&
+        out_matches "^ord-2:4:1  *order.shipped  *ord-2  *shipping_feed  *failed  *2  *-  *bad_address: the feed refuses"'
+wf outbox retry ord-2:4:1
+check "outbox retry exits 0 and says it is requested" eval 'rc_is 0 && out_has "retrying message ord-2:4:1: requested"'
+check "the host delivers it again: a fresh round of two attempts" \
+  eval 'deadline=$(($(now) + 10)); until [ "$(feed_lines ord-2:4:1 2)" = 2 ] || [ "$(now)" -gt "$deadline" ]; do sleep 0.05; done;
+        [ "$(feed_lines ord-2:4:1 1)" = 2 ] && [ "$(feed_lines ord-2:4:1 2)" = 2 ]'
+check "and keeps it as a dead letter again" wait_outbox '"id":"ord-2:4:1","topic":"order.shipped","instance":"ord-2","subscriber":"shipping_feed","status":"failed","attempts":2' --failed
+wf outbox retry ord-1:4:1
+check "retry of a delivered message exits 1: no failed delivery" fails_with 1 "message 'ord-1:4:1' has no failed delivery"
+wf start order_fulfillment '{"id":"A-3","customer":"c-3","address":"x","cooling_off":"1h","items":[{"sku":"tea","qty":1,"price":2}]}' --id ord-3
+check "ord-3 waits out its cooling-off" wait_show ord-3 '"waiting_for":"event CancelOrder'
+wf signal ord-3 CancelOrder
+check "ord-3 is cancelled by the customer" wait_show ord-3 '"state":"cancelled_by_customer"'
+check "order.cancelled has no subscriber: pending as unrouted" \
+  wait_outbox '"topic":"order.cancelled","instance":"ord-3","subscriber":null,"status":"unrouted","attempts":0' --pending
+check "--pending lists no dead letter" out_lacks '"status":"failed"'
+wf --json outbox --limit 1
+check "--limit 1 lists one row, the oldest" eval 'rc_is 0 && [ "$(count_in_out "\"id\":")" = 1 ] && out_has "ord-2:4:1"'
+wf outbox --failed --pending
+check "--failed with --pending is a usage error" usage_error
+wf outbox frob
+check "outbox frob is a usage error" usage_error
+wf outbox retry
+check "outbox retry without a message id is a usage error" usage_error
+wf outbox --failed=yes
+check "a flag with a value is a usage error" usage_error
 
 # --- a second host ---------------------------------------------------------------------------
 echo "# a second host"

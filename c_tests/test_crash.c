@@ -23,7 +23,11 @@
  *      after the restart if it fell due while no host ran;
  *   7. a kill right after instances took the new path of a ctx:patched change (its patch
  *      entry and progress committed with the next step's intent): rebuilt by replay, they
- *      find the entry and keep the new path; none ever takes the old one.
+ *      find the entry and keep the new path; none ever takes the old one;
+ *   8. the outbox: a kill while a subscriber has the first of three committed messages in
+ *      hand: after the restart that one is delivered again (at least once), the two the killed
+ *      host never delivered are delivered once, all in emit order, and nothing is delivered
+ *      before its emit is committed.
  *
  * Every invocation of the `record` action leaves a line "<key> <attempt> <params>" in a log
  * file (fsync'ed by the plugin before the action completes), so the test sees exactly which
@@ -1272,6 +1276,78 @@ out:
   scen_end(&s, "");
 }
 
+/* ---- scenario 8: the outbox ------------------------------------------------------------ */
+
+typedef struct feed_lines {
+  char line[8][WF_ID_MAX + 32];
+  int n;
+} feed_lines;
+
+/* The outbox subscriber's log: one "<message id> <attempt>" per delivery, in order. */
+static void feed_load(scen *s, feed_lines *f) {
+  char path[160];
+  snprintf(path, sizeof path, "%s.outbox", s->reclog);
+  char *log = read_file(path, 0);
+  f->n = 0;
+  for (char *p = log, *nl; p && *p && f->n < 8; p = nl + 1) {
+    nl = strchr(p, '\n');
+    if (!nl) break;
+    snprintf(f->line[f->n++], sizeof f->line[0], "%.*s", (int)(nl - p), p);
+  }
+  free(log);
+}
+
+static int pred_feed_started(scen *s, void *arg) {
+  (void)arg;
+  feed_lines f;
+  char buf[32];
+  feed_load(s, &f);
+  return f.n >= 1 && !strcmp(status_of(s, "m1", buf, sizeof buf), "completed");
+}
+
+static int pred_outbox_empty(scen *s, void *arg) {
+  (void)arg;
+  wf_outbox_entry *e;
+  size_t n;
+  if (wf_outbox_list(s->cl, NULL, 0, &e, &n) != WF_OK) return 0;
+  wf_outbox_list_free(e, n);
+  return n == 0;
+}
+
+static void scenario_outbox(void) {
+  scen s;
+  scen_begin(&s, "outbox", "8 kill mid-delivery");
+  feed_lines f;
+  if (!host_spawn(&s, 1500) || !client_open(&s)) goto out;
+  client_start(&s, "emitter", "{\"n\":3}", "m1");
+  /* The step committed its three messages; the first is in the subscriber's hands. */
+  if (!wait_until(&s, pred_feed_started, NULL, DEADLINE_MS, "m1 completed and its first message delivering")) goto out;
+  host_kill(&s);
+  feed_load(&s, &f);
+  CHECK(f.n == 1 && !strcmp(f.line[0], "m1:0:1 1"));
+  wf_outbox_entry *e;
+  size_t n = 0;
+  CHECK(wf_outbox_list(s.cl, "pending", 0, &e, &n) == WF_OK);
+  CHECK(n == 3);
+  if (n == 3) CHECK(!strcmp(e[0].msg_id, "m1:0:1") && !strcmp(e[2].msg_id, "m1:0:3") && e[0].attempts == 0);
+  wf_outbox_list_free(e, n);
+
+  if (!host_spawn(&s, 0)) goto out;
+  if (!wait_until(&s, pred_outbox_empty, NULL, DEADLINE_MS, "the outbox delivered")) goto out;
+  feed_load(&s, &f);
+  /* At least once: the first again (the same attempt: the killed one was never counted), the
+   * other two once, in emit order. */
+  CHECK(f.n == 4);
+  if (f.n == 4) {
+    CHECK(!strcmp(f.line[1], "m1:0:1 1"));
+    CHECK(!strcmp(f.line[2], "m1:0:2 1"));
+    CHECK(!strcmp(f.line[3], "m1:0:3 1"));
+  }
+  host_stop(&s);
+out:
+  scen_end(&s, "");
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s WFHOST_BINARY CRASH_PLUGIN.so WORKFLOWS_DIR\n", argv[0]);
@@ -1295,5 +1371,6 @@ int main(int argc, char **argv) {
   scenario_deliver(seed);
   scenario_backoff();
   scenario_patched();
+  scenario_outbox();
   TEST_MAIN_END();
 }

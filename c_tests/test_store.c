@@ -83,7 +83,7 @@ static void test_open_and_reopen(void) {
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
   CHECK(raw_sql(path, "PRAGMA journal_mode", out) == 0 && strcmp(out, "wal") == 0);
   CHECK(raw_sql(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'", out) == 0 &&
-        atoi(out) == 9); /* eight tables and sqlite_sequence */
+        atoi(out) == 11); /* ten tables and sqlite_sequence */
 
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   wf_info *info = NULL;
@@ -94,18 +94,20 @@ static void test_open_and_reopen(void) {
   wf_store_close(NULL);
 }
 
-/* Takes a fresh database back to the columns of schema version 2. */
-/* Takes a fresh database back to schema 2: drops what versions 3 (schedules) and 4 (catalog
- * sources, progress) added. */
-static void drop_v3_columns(const char *path) {
+/* Takes a fresh database back to schema 2: drops what versions 3 (schedules), 4 (catalog
+ * sources, progress) and 5 (the outbox) added. */
+static void drop_after_v2(const char *path) {
   char out[64];
   CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
   CHECK(raw_sql(path, "ALTER TABLE catalog DROP COLUMN source", out) == 0);
   CHECK(raw_sql(path, "ALTER TABLE instances DROP COLUMN progress", out) == 0);
   CHECK(raw_sql(path, "ALTER TABLE instances DROP COLUMN progress_message", out) == 0);
+  CHECK(raw_sql(path, "DROP TABLE outbox_deliveries", out) == 0);
+  CHECK(raw_sql(path, "DROP TABLE outbox", out) == 0);
 }
 
-/* Schema versions 3 and 4 add schedules, the catalog's source files and the instances' progress. */
+/* Schema versions 3 to 5 add schedules, the catalog's source files, the instances' progress and
+ * the outbox. */
 static void test_migration_from_v2(void) {
   char path[256];
   wf_store *st = open_fresh(path, sizeof path);
@@ -115,7 +117,7 @@ static void test_migration_from_v2(void) {
   CHECK(wf_store_replace_catalog(st, names, versions, NULL, 1, 5) == WF_OK);
   wf_store_close(st);
   char out[64];
-  drop_v3_columns(path);
+  drop_after_v2(path);
   CHECK(raw_sql(path, "PRAGMA user_version = 2", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
@@ -143,7 +145,7 @@ static void test_migration_from_v1(void) {
   wf_store_close(st);
   char out[64];
   CHECK(raw_sql(path, "DROP TABLE breakers", out) == 0);
-  drop_v3_columns(path);
+  drop_after_v2(path);
   CHECK(raw_sql(path, "PRAGMA user_version = 1", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
@@ -159,6 +161,81 @@ static void test_migration_from_v1(void) {
   CHECK(wf_store_begin(st) == WF_OK && wf_store_put_breaker(st, &r) == WF_OK && wf_store_commit(st) == WF_OK);
   CHECK(raw_sql(path, "SELECT count(*) || state || calls || failures FROM breakers", out) == 0 &&
         !strcmp(out, "1isolated2012"));
+  wf_store_close(st);
+}
+
+static int64_t outbox_ord;
+static char outbox_seen[512];
+static void note_delivery(void *ud, const wf_delivery_rec *d) {
+  (void)ud;
+  outbox_ord = d->ord;
+  size_t n = strlen(outbox_seen);
+  snprintf(outbox_seen + n, sizeof outbox_seen - n, "%s/%s/%s/%d/%s;", d->msg_id, d->subscriber ? d->subscriber : "-",
+           d->status, d->attempts, d->last_error ? d->last_error : "-");
+}
+
+/* A database of schema version 4 gets the outbox; messages, deliveries and their states. */
+static void test_outbox_store(void) {
+  char path[256];
+  wf_store *st = open_fresh(path, sizeof path);
+  wf_store_close(st);
+  char out[64];
+  CHECK(raw_sql(path, "DROP TABLE outbox_deliveries", out) == 0);
+  CHECK(raw_sql(path, "DROP TABLE outbox", out) == 0);
+  CHECK(raw_sql(path, "PRAGMA user_version = 4", out) == 0);
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == 5);
+
+  const char *subs[] = {"a", "b"};
+  wf_message_rec m = {.msg_id = "i:1:1", .instance_id = "i", .topic = "t.x", .payload = "{}", .at = 100};
+  int64_t ord1 = 0, ord2 = 0, again = -1;
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_add_message(st, &m, subs, 2, &ord1) == WF_OK && ord1 > 0);
+  CHECK(wf_store_add_message(st, &m, subs, 2, &again) == WF_OK && again == 0); /* the same id: kept once */
+  m.msg_id = "i:1:2";
+  CHECK(wf_store_add_message(st, &m, NULL, 0, &ord2) == WF_OK && ord2 > ord1);
+  CHECK(wf_store_commit(st) == WF_OK);
+
+  outbox_seen[0] = 0;
+  CHECK(wf_store_list_deliveries(st, NULL, 0, note_delivery, NULL) == WF_OK);
+  CHECK(!strcmp(outbox_seen, "i:1:1/a/pending/0/-;i:1:1/b/pending/0/-;i:1:2/-/unrouted/0/-;"));
+  outbox_seen[0] = 0;
+  CHECK(wf_store_each_unrouted(st, note_delivery, NULL) == WF_OK && !strcmp(outbox_seen, "i:1:2/-/unrouted/0/-;"));
+
+  /* a: delivered; b: failed twice, then a dead letter; the unrouted one routed to a. */
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_set_delivery(st, "a", ord1, NULL, 1, 0, NULL, 200) == WF_OK);
+  CHECK(wf_store_set_delivery(st, "b", ord1, "pending", 2, 900, "boom", 200) == WF_OK);
+  CHECK(wf_store_route_message(st, ord2, subs, 1, 300) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  outbox_seen[0] = 0;
+  CHECK(wf_store_next_deliveries(st, "b", 0, 10, note_delivery, NULL) == WF_OK && !strcmp(outbox_seen, "i:1:1/b/pending/2/-;"));
+  outbox_seen[0] = 0;
+  CHECK(wf_store_next_deliveries(st, "a", ord1, 10, note_delivery, NULL) == WF_OK && !strcmp(outbox_seen, "i:1:2/a/pending/0/-;"));
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_set_delivery(st, "b", ord1, "failed", 3, 0, "boom again", 400) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  outbox_seen[0] = 0;
+  CHECK(wf_store_list_deliveries(st, "failed", 0, note_delivery, NULL) == WF_OK &&
+        !strcmp(outbox_seen, "i:1:1/b/failed/3/boom again;"));
+  outbox_seen[0] = 0;
+  CHECK(wf_store_list_deliveries(st, "pending", 0, note_delivery, NULL) == WF_OK &&
+        !strcmp(outbox_seen, "i:1:2/a/pending/0/-;"));
+
+  /* Requeued: pending, no attempt counted. Delivered: the message goes with its last row. */
+  int n = -1;
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_requeue_deliveries(st, "i:1:1", "a", 500, &n) == WF_OK && n == 0);
+  CHECK(wf_store_requeue_deliveries(st, "i:1:1", NULL, 500, &n) == WF_OK && n == 1);
+  CHECK(wf_store_commit(st) == WF_OK);
+  outbox_seen[0] = 0;
+  CHECK(wf_store_next_deliveries(st, "b", 0, 10, note_delivery, NULL) == WF_OK && !strcmp(outbox_seen, "i:1:1/b/pending/0/-;"));
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_set_delivery(st, "b", ord1, NULL, 1, 0, NULL, 600) == WF_OK);
+  CHECK(wf_store_set_delivery(st, "a", ord2, NULL, 1, 0, NULL, 600) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  CHECK(raw_sql(path, "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_deliveries)", out) == 0 &&
+        !strcmp(out, "0"));
   wf_store_close(st);
 }
 
@@ -721,7 +798,7 @@ static void test_schedules(void) {
   char path[256], out[64];
   wf_store *st = open_fresh(path, sizeof path);
   wf_store_close(st);
-  drop_v3_columns(path);
+  drop_after_v2(path);
   CHECK(raw_sql(path, "PRAGMA user_version = 2", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
   CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
@@ -766,6 +843,7 @@ int main(void) {
   test_migration_from_v1();
   test_migration_from_v2();
   test_newer_schema_refused();
+  test_outbox_store();
   test_garbage_refused();
   test_insert_is_idempotent();
   test_update_get_list();

@@ -4,6 +4,10 @@
  * answers with a plausible result. `ship` completes asynchronously, 300 ms later, from a
  * libuv timer, as an action that talks to a remote service would.
  *
+ * It also subscribes to the outbox: `shipping_feed` receives every order.shipped message
+ * (prints it) and refuses an order shipped to the address "nowhere", so that a message can be
+ * seen retried and kept as a dead letter (`wfhost outbox --failed`).
+ *
  *   gcc -shared -fPIC -o demo_actions.so examples/demo_actions.c -I host
  *   wfhost run --plugin ./demo_actions.so
  */
@@ -81,6 +85,16 @@ static void ship(wf_call *c, void *ud) {
   uv_timer_start(t, ship_done, 300, 0);
 }
 
+static void shipping_feed(wf_delivery *d, const char *msg_id, const char *topic, const char *payload, int attempt,
+                          void *ud) {
+  (void)ud;
+  fprintf(stderr, "  [demo] feed %s %s attempt %d %s\n", topic, msg_id, attempt, payload);
+  if (strstr(payload, "\"address\":\"nowhere\""))
+    wf_delivery_fail(d, "bad_address", "the feed refuses the address 'nowhere'");
+  else
+    wf_delivery_ok(d);
+}
+
 int wfhost_plugin_init(wf_host *h);
 int wfhost_plugin_init(wf_host *h) {
   int rc = WF_OK;
@@ -100,5 +114,13 @@ int wfhost_plugin_init(wf_host *h) {
   if (!rc) rc = wf_register_action(h, "refund_payment", ok_action, NULL, NULL);
   if (!rc) rc = wf_register_action(h, "ship", ship, NULL, NULL);
   if (!rc) rc = wf_register_action(h, "publish_report", ok_action, NULL, NULL); /* nightly_report */
+  /* Two attempts, 200 ms apart. */
+  wf_subscriber_opts feed;
+  wf_subscriber_opts_init(&feed);
+  feed.retry.max_attempts = 2;
+  feed.retry.backoff = WF_BACKOFF_CONSTANT;
+  feed.retry.initial_delay_ms = 200;
+  feed.retry.jitter = WF_JITTER_NONE;
+  if (!rc) rc = wf_subscribe(h, "shipping_feed", "order.shipped", shipping_feed, NULL, &feed);
   return rc;
 }

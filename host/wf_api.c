@@ -239,6 +239,7 @@ void wf_host_close(wf_host *h) {
   if (!h) return;
   wf_http_close(h);
   if (h->cfg.mode == WF_MODE_HOST && h->loop) wf_engine_shutdown(h);
+  wf_outbox_free(h);
   wf_action_free_all(h);
   wf_breaker_free_all(h);
   wf_histsize_free(h);
@@ -684,6 +685,8 @@ int wf_next_timer(wf_host *h, int64_t *due) {
   wf_action_expire(h, &next); /* a call's deadline is a timer too */
   if (h->nheap && (!next || h->heap[0].due < next)) next = h->heap[0].due;
   if (h->sched_next && (!next || h->sched_next < next)) next = h->sched_next;
+  int64_t ob = wf_outbox_next_wake(h); /* an outbox retry, or a delivery's deadline */
+  if (ob && (!next || ob < next)) next = ob;
   if (!next) return wf_fail(h, WF_NOTFOUND, "no timer is armed");
   *due = next;
   return WF_OK;

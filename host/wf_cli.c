@@ -62,6 +62,7 @@ struct command {
   const char *synopsis;    /* after "wfhost " */
   const char *summary;     /* one line for `wfhost --help` */
   const char *help;        /* description, options and an example */
+  const char *const *flags; /* options taking no value, NULL-terminated, or NULL */
 };
 
 static const char *prog_cmd; /* the command name for messages, or NULL */
@@ -103,6 +104,12 @@ static int fail_host(const wf_host *h, int rc) {
   }
   fputc('\n', stderr);
   return EXIT_FAIL;
+}
+
+static int opt_has(const cli *c, const char *name) {
+  for (int i = 0; i < c->nopts; i++)
+    if (!strcmp(c->opts[i].name, name)) return 1;
+  return 0;
 }
 
 static const char *opt_last(const cli *c, const char *name) {
@@ -433,6 +440,42 @@ static int cmd_schedule(cli *c) {
   return st;
 }
 
+/* outbox [--failed|--pending] [--limit N] | outbox retry MSGID [SUBSCRIBER] */
+static int cmd_outbox(cli *c) {
+  const char *op = c->npos ? c->pos[0] : NULL, *lim = opt_last(c, "--limit");
+  int failed = opt_has(c, "--failed"), pending = opt_has(c, "--pending"), limit = 0;
+  if (op && strcmp(op, "retry")) return usage_error("unknown outbox operation '%s' (retry)", op);
+  if (op && c->npos < 2) return usage_error("outbox retry needs a message id");
+  if (!op && c->npos > 0) return usage_error("unexpected argument '%s'", c->pos[0]);
+  if (op && (failed || pending || lim)) return usage_error("outbox retry takes no --failed, --pending or --limit");
+  if (failed && pending) return usage_error("--failed and --pending exclude each other (neither: both)");
+  if (lim && parse_int(lim, &limit)) return usage_error("--limit takes a number >= 0 (0: no limit), not '%s'", lim);
+  wf_host *h;
+  int st = open_client(c, &h);
+  if (st != EXIT_OK) return st;
+  if (op) {
+    const char *sub = c->npos > 2 ? c->pos[2] : NULL;
+    int rc = wf_outbox_retry(h, c->pos[1], sub);
+    if (rc != WF_OK) st = fail_host(h, rc);
+    else if (c->json) fputs("{\"ok\":true}\n", stdout);
+    else printf("retrying message %s%s%s: requested; the host delivers it again within its poll interval\n", c->pos[1],
+                sub ? " to " : "", sub ? sub : "");
+    wf_host_close(h);
+    return st;
+  }
+  wf_outbox_entry *list = NULL;
+  size_t n = 0;
+  int rc = wf_outbox_list(h, failed ? "failed" : pending ? "pending" : NULL, limit, &list, &n);
+  if (rc != WF_OK) st = fail_host(h, rc);
+  else if (c->json) wf_cli_print_outbox_json(list, n);
+  else if (n == 0) fprintf(stderr, "wfhost: %s\n", failed ? "no failed delivery" : pending ? "no pending delivery" :
+                                                    "the outbox is empty: every message was delivered");
+  else wf_cli_print_outbox(list, n);
+  wf_outbox_list_free(list, n);
+  wf_host_close(h);
+  return st;
+}
+
 static int cmd_check(cli *c) {
   const char *dir = c->npos ? c->pos[0] : DEFAULT_WORKFLOWS;
   wf_config cfg;
@@ -617,6 +660,8 @@ static const char *const start_opts[] = {"--id", NULL};
 static const char *const list_opts[] = {"--status", "--workflow", "--limit", NULL};
 static const char *const no_opts[] = {NULL};
 static const char *const schedule_opts[] = {"--id", "--tz", "--catch-up", "--overlap", NULL};
+static const char *const outbox_opts[] = {"--limit", NULL};
+static const char *const outbox_flags[] = {"--failed", "--pending", NULL};
 
 static const command commands[] = {
   {"run", cmd_run, 0, 0, run_opts,
@@ -640,7 +685,7 @@ static const command commands[] = {
    "  --history-limit N      fail an instance rather than let its history pass N entries\n"
    "                         (default 100000); ctx:continue_as_new keeps a history bounded\n\n"
    "Example:\n"
-   "  wfhost --db /var/lib/wfhost/prod.db run --workflows ./workflows --plugin ./myactions.so\n"},
+   "  wfhost --db /var/lib/wfhost/prod.db run --workflows ./workflows --plugin ./myactions.so\n", NULL},
   {"start", cmd_start, 1, 2, start_opts, "start WORKFLOW [JSON] [--id ID]",
    "start an instance of a workflow and print its id",
    "Starts an instance of WORKFLOW with JSON as its input (default null; '-' reads it from stdin)\n"
@@ -649,24 +694,24 @@ static const command commands[] = {
    "Options:\n"
    "  --id ID   the instance id (default: a generated UUID); 1 to 128 bytes, no spaces\n\n"
    "Example:\n"
-   "  wfhost start invoice_approval '{\"id\":\"INV-7\",\"amount\":120}' --id inv-7\n"},
+   "  wfhost start invoice_approval '{\"id\":\"INV-7\",\"amount\":120}' --id inv-7\n", NULL},
   {"signal", cmd_signal, 2, 3, no_opts, "signal ID EVENT [JSON]", "send an event to an instance",
    "Sends EVENT with JSON data (default null; '-' reads it from stdin) to instance ID. The event\n"
    "waits in the instance's durable inbox until a ctx:wait_for takes it.\n\n"
    "Example:\n"
-   "  wfhost signal inv-7 Approve '{\"user\":\"ann\"}'\n"},
+   "  wfhost signal inv-7 Approve '{\"user\":\"ann\"}'\n", NULL},
   {"cancel", cmd_cancel_retry, 1, 1, no_opts, "cancel ID", "ask an instance to cancel",
    "Requests cancellation of instance ID: the workflow gets a `cancelled` error at its current\n"
    "yield point and may run its compensations.\n\n"
    "Example:\n"
-   "  wfhost cancel inv-7\n"},
+   "  wfhost cancel inv-7\n", NULL},
   {"retry", cmd_cancel_retry, 1, 1, no_opts, "retry ID", "resume a suspended instance",
    "Resumes suspended instance ID by replaying it with the workflow code the host has loaded now\n"
    "(after a determinism diff was fixed, a missing action was registered, ...). An action step\n"
    "that had run out of attempts starts a new round of attempts; an at-most-once action whose\n"
    "outcome was unknown is invoked again.\n\n"
    "Example:\n"
-   "  wfhost retry inv-7\n"},
+   "  wfhost retry inv-7\n", NULL},
   {"list", cmd_list, 0, 0, list_opts, "list [--status STATUS] [--workflow NAME] [--limit N]",
    "list instances, newest first",
    "Lists instances, newest first, as a table (with --json: an array of objects).\n\n"
@@ -675,12 +720,12 @@ static const command commands[] = {
    "  --workflow NAME   only instances of this workflow\n"
    "  --limit N         at most N instances (default 0: all)\n\n"
    "Example:\n"
-   "  wfhost list --status suspended --limit 20\n"},
+   "  wfhost list --status suspended --limit 20\n", NULL},
   {"show", cmd_show, 1, 1, no_opts, "show ID", "show an instance and its history",
    "Shows instance ID (status, state, input, data, output or error) and its history, one line per\n"
    "journal entry. With --json: one object including the full history.\n\n"
    "Example:\n"
-   "  wfhost show inv-7\n"},
+   "  wfhost show inv-7\n", NULL},
   {"workflows", cmd_workflows, 0, 0, no_opts, "workflows", "list the loaded workflow versions",
    "Lists every workflow version the host loaded (a file per version: order@1.lua, order@2.lua)\n"
    "and every version that unfinished instances still run, with the count of those instances\n"
@@ -689,7 +734,7 @@ static const command commands[] = {
    "'not loaded' is suspended when it next runs, until a host loads that version again and the\n"
    "instance is retried. With --json: an array of objects.\n\n"
    "Example:\n"
-   "  wfhost workflows\n"},
+   "  wfhost workflows\n", NULL},
   {"breakers", cmd_breakers, 0, 3, no_opts, "breakers [isolate|close ACTION [KEY]]",
    "show circuit breakers, or open or close one by hand",
    "Without arguments: each circuit breaker the host has written, with its state (closed, open,\n"
@@ -699,7 +744,7 @@ static const command commands[] = {
    "                                  later by their policy) until it is closed; survives restarts\n"
    "  breakers close ACTION [KEY]     close it, with an empty window\n\n"
    "Example:\n"
-   "  wfhost breakers isolate charge_payment\n"},
+   "  wfhost breakers isolate charge_payment\n", NULL},
   {"schedule", cmd_schedule, 1, 4, schedule_opts,
    "schedule add WORKFLOW CRON [JSON] [--id ID] [--tz ZONE] [--catch-up skip|once] [--overlap skip|allow]"
    " | schedule list | schedule rm ID",
@@ -726,13 +771,30 @@ static const command commands[] = {
    "  --overlap skip|allow  a firing while the previous instance has not finished: skip it\n"
    "                        (counted; the default) or start it anyway\n\n"
    "Example:\n"
-   "  wfhost schedule add nightly_report '0 2 * * *' '{\"recipients\":[\"ops@example.com\"]}' --tz Europe/Berlin\n"},
+   "  wfhost schedule add nightly_report '0 2 * * *' '{\"recipients\":[\"ops@example.com\"]}' --tz Europe/Berlin\n", NULL},
+  {"outbox", cmd_outbox, 0, 3, outbox_opts, "outbox [--failed|--pending] [--limit N] | outbox retry MSGID [SUBSCRIBER]",
+   "show undelivered outbox messages, or deliver failed ones again",
+   "Without arguments: the messages workflows emitted (ctx:emit) that are not delivered yet, one\n"
+   "row per subscriber, in emit order: message id, topic, instance, subscriber, status (pending;\n"
+   "failed: a dead letter, its attempts exhausted; unrouted: no subscriber matches its topic yet),\n"
+   "failed attempts, the next attempt and the last error (with --json: an array of objects,\n"
+   "with the payload). Delivered messages are not kept.\n\n"
+   "Options:\n"
+   "  --failed          only dead letters\n"
+   "  --pending         only pending and unrouted deliveries\n"
+   "  --limit N         at most N rows (default 0: all)\n\n"
+   "  outbox retry MSGID [SUBSCRIBER]   deliver a failed message again, with a fresh round of\n"
+   "                                    attempts (to one subscriber, or to every one it failed for)\n\n"
+   "Example:\n"
+   "  wfhost outbox --failed\n"
+   "  wfhost outbox retry ord-7:4:1\n",
+   outbox_flags},
   {"check", cmd_check, 0, 1, no_opts, "check [DIR]", "check workflow files without running them",
    "Checks the workflow files in DIR (default ./workflows): syntax, that each file returns a\n"
    "definition, duplicate names. Prints 'ok: DIR', or each problem as file:line: message on\n"
    "stderr and exits 1. Needs no database.\n\n"
    "Example:\n"
-   "  wfhost check ./workflows\n"},
+   "  wfhost check ./workflows\n", NULL},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -805,6 +867,15 @@ static int parse(int argc, char **argv, cli *c) {
       continue;
     }
     const char *canon = NULL;
+    if (c->cmd && c->cmd->flags) {
+      for (const char *const *o = c->cmd->flags; *o; o++)
+        if (!strcmp(name, *o)) canon = *o;
+      if (canon) {
+        if (eq) return usage_error("%s takes no value", name);
+        c->opts[c->nopts++] = (opt_val){canon, ""};
+        continue;
+      }
+    }
     if (!strcmp(name, "--db")) {
       canon = "--db";
     } else if (c->cmd) {

@@ -51,5 +51,8 @@ void wf_cli_print_schedule_added(const wf_schedule_info *s);
 /* Prints workflow versions as the `workflows` table, or as a JSON array. */
 void wf_cli_print_workflows(const wf_workflow_info *list, size_t n);
 void wf_cli_print_workflows_json(const wf_workflow_info *list, size_t n);
+/* Prints outbox deliveries as the `outbox` table, or as a JSON array. */
+void wf_cli_print_outbox(const wf_outbox_entry *list, size_t n);
+void wf_cli_print_outbox_json(const wf_outbox_entry *list, size_t n);
 
 #endif

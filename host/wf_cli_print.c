@@ -622,3 +622,55 @@ void wf_cli_print_workflows_json(const wf_workflow_info *list, size_t n) {
   }
   fputs(n ? "\n]\n" : "]\n", stdout);
 }
+
+/* ---- the outbox ---------------------------------------------------------------------------- */
+
+void wf_cli_print_outbox(const wf_outbox_entry *list, size_t n) {
+  table t = {.ncols = 8};
+  const char *head[] = {"MESSAGE", "TOPIC", "INSTANCE", "SUBSCRIBER", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"};
+  char *row[8];
+  for (int i = 0; i < 8; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  for (size_t k = 0; k < n; k++) {
+    const wf_outbox_entry *e = &list[k];
+    char next[40];
+    fmt_time(e->next_at, 0, next);
+    row[0] = one_line(e->msg_id, 0);
+    row[1] = one_line(e->topic, 0);
+    row[2] = one_line(e->instance_id, 0);
+    row[3] = one_line(e->subscriber, 0);
+    row[4] = one_line(e->status, 0);
+    row[5] = fmt_cell("%d", e->attempts);
+    row[6] = one_line(!strcmp(e->status, "pending") ? next : NULL, 0);
+    row[7] = one_line(e->last_error, 80);
+    table_add(&t, (const char *const *)row);
+  }
+  table_print(&t, "", 1u << 5);
+}
+
+void wf_cli_print_outbox_json(const wf_outbox_entry *list, size_t n) {
+  fputc('[', stdout);
+  for (size_t i = 0; i < n; i++) {
+    const wf_outbox_entry *e = &list[i];
+    fputs(i ? ",\n  {\"id\":" : "\n  {\"id\":", stdout);
+    wf_cli_json_str(stdout, e->msg_id);
+    fputs(",\"topic\":", stdout);
+    wf_cli_json_str(stdout, e->topic);
+    fputs(",\"instance\":", stdout);
+    wf_cli_json_str(stdout, e->instance_id);
+    fputs(",\"subscriber\":", stdout);
+    wf_cli_json_str(stdout, e->subscriber);
+    fputs(",\"status\":", stdout);
+    wf_cli_json_str(stdout, e->status);
+    printf(",\"attempts\":%d,\"next_attempt\":", e->attempts);
+    json_time(stdout, !strcmp(e->status, "pending") ? e->next_at : 0);
+    fputs(",\"last_error\":", stdout);
+    wf_cli_json_str(stdout, e->last_error);
+    fputs(",\"created_at\":", stdout);
+    json_time(stdout, e->created_at);
+    fputs(",\"payload\":", stdout);
+    json_raw(stdout, e->payload_json);
+    fputc('}', stdout);
+  }
+  fputs(n ? "\n]\n" : "]\n", stdout);
+}

@@ -371,6 +371,7 @@ void wf_engine_poll(wf_host *h, int look) {
   arm_timer(h);
   wf_action_expire(h, NULL);
   if (wf_sched_due(h)) wf_engine_kick(h);
+  wf_outbox_poll(h);
   uint64_t now = uv_now(h->loop); /* at most one look per millisecond, unless asked */
   if ((look || now != h->ext_checked_at) && (h->ext_checked_at = now, wf_store_changed(h->st))) {
     h->ext_dirty = 1;
@@ -534,6 +535,10 @@ static void ingest_request(void *ud, int64_t req_id, const char *id, const char 
     wf_breaker_set(h, action, sep ? sep + 1 : "", !strcmp(kind, "isolate"));
     return;
   }
+  if (!strcmp(kind, "outbox_retry")) { /* id: the message id, then \x1f and the subscriber if any */
+    wf_outbox_request(h, id);
+    return;
+  }
   wf_instance *in = get_or_stub(h, id);
   if (!strcmp(kind, "cancel")) in->cancel_requested = 1;
   else if (!strcmp(kind, "retry")) in->retry_requested = 1;
@@ -686,10 +691,12 @@ static void run_batch(wf_host *h) {
   for (wf_instance *in = h->touched_head; in; in = in->touched_next)
     if (in->loaded) write_row(h, in);
   wf_breaker_write_dirty(h);
+  wf_outbox_write(h);
   h->in_batch = 0;
   if (h->batch_rc == WF_OK) h->batch_rc = wf_store_commit(h->st);
   else wf_store_rollback(h->st);
   if (h->batch_rc != WF_OK) goto failed;
+  wf_outbox_committed(h);
 
   h->io_backoff_ms = 0;
   /* A large WAL is checkpointed now; a smaller one once the host has been idle a moment. */
@@ -726,6 +733,7 @@ static void run_batch(wf_host *h) {
     lru_remove(h, in);
     if (!in->in_ready && !in->cancel_requested && !wf_pend_has_call(in)) instance_free(h, in);
   }
+  wf_outbox_dispatch(h); /* outbox messages go out only now that they are durable */
   return;
 
 failed:
@@ -762,8 +770,11 @@ static void on_checkpoint(uv_timer_t *t) {
 
 static void on_idle(uv_idle_t *idle) {
   wf_host *h = idle->data;
-  if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed || wf_sched_due(h)) run_batch(h);
-  if (!h->ready_head && !h->sub_head && !h->ext_dirty && uv_is_active((uv_handle_t *)&h->idle))
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->recover_needed || wf_sched_due(h) ||
+      wf_outbox_pending(h))
+    run_batch(h);
+  if (!h->ready_head && !h->sub_head && !h->ext_dirty && !wf_outbox_pending(h) &&
+      uv_is_active((uv_handle_t *)&h->idle))
     uv_idle_stop(&h->idle);
   if (h->stop_requested && !h->ready_head && !h->sub_head) wf_engine_stop(h);
 }
@@ -842,6 +853,7 @@ int wf_engine_init(wf_host *h) {
   uv_unref((uv_handle_t *)&h->checkpoint_timer); /* never keeps a loop alive by itself */
   h->idle.data = h->wake_timer.data = h->poll_timer.data = h->backoff_timer.data = h;
   h->checkpoint_timer.data = h->dl_timer.data = h;
+  wf_outbox_init(h);
   h->handles_open = 1;
   return WF_OK;
 }
@@ -907,12 +919,15 @@ void wf_engine_stop(wf_host *h) {
   uv_timer_stop(&h->checkpoint_timer);
   uv_timer_stop(&h->dl_timer);
   uv_timer_stop(&h->sched_timer);
+  wf_outbox_stop(h);
   h->armed_due = 0;
   h->started = 0;
 }
 
 int wf_engine_busy(wf_host *h) {
-  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls_waited || h->recover_needed || h->workers) return 1;
+  if (h->ready_head || h->sub_head || h->ext_dirty || h->calls_waited || h->recover_needed || h->workers ||
+      wf_outbox_busy(h))
+    return 1;
   return (h->nheap && h->heap[0].due <= wf_now(h)) || (h->ndl && h->dl[0]->deadline <= wf_now(h)) ||
          wf_sched_due(h);
 }
@@ -928,7 +943,7 @@ void wf_engine_shutdown(wf_host *h) {
   h->closing = 1;
   /* Requests already accepted are committed (and answered) before the host goes; the
    * actions this last batch asks for are invoked by the next host. */
-  if ((h->sub_head || h->ready_head) && !h->recover_needed) run_batch(h);
+  if ((h->sub_head || h->ready_head || wf_outbox_pending(h)) && !h->recover_needed) run_batch(h);
   wf_action_detach_all(h);
   if (h->handles_open) {
     uv_close((uv_handle_t *)&h->idle, on_close);
@@ -938,6 +953,7 @@ void wf_engine_shutdown(wf_host *h) {
     uv_close((uv_handle_t *)&h->checkpoint_timer, on_close);
     uv_close((uv_handle_t *)&h->dl_timer, on_close);
     uv_close((uv_handle_t *)&h->sched_timer, on_close);
+    wf_outbox_close(h);
     /* Let the loop run the close callbacks; on the application's loop this only runs ours. */
     uv_run(h->loop, UV_RUN_NOWAIT);
     h->handles_open = 0;

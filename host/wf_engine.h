@@ -14,6 +14,7 @@
  *   wf_patch.c   ctx:patched: rolling a code change out to running instances
  *   wf_progress.c ctx:progress: an instance's progress, in its row
  *   wf_histsize.c the size of a history: the warning and the hard limit
+ *   wf_outbox.c  the transactional outbox: ctx:emit, subscribers, the dispatcher
  *   wf_api.c     the public functions of wfhost.h
  * Nothing here is visible to users of the library.
  */
@@ -146,6 +147,8 @@ struct wf_instance {
   int ctx_ref;
 
   int64_t seq;  /* the last command sequence number issued */
+  int64_t emit_seq; /* ctx:emit: the seq of the last emit, and how many since that seq (the */
+  int emit_n;       /* message id is "<id>:<seq>:<n>"); reset with seq when it is rebuilt */
   int64_t pos;  /* the last history position written or loaded */
 
   /* Replay: the loaded history, and for each seq the index of its command and outcome
@@ -345,6 +348,9 @@ struct wf_host {
   int64_t spread_at;   /* overdue retries spread over a short window (wf_attempt.c) */
   int spread_n;
   void *http;          /* the http.request action's client, made at its first call (wf_http.c) */
+
+  /* the outbox's subscribers and dispatcher (wf_outbox.c) */
+  struct wf_outbox *outbox;
 
   /* circuit breakers */
   wf_breaker **brk_buckets;
@@ -583,5 +589,33 @@ void wf_histsize_free(wf_host *h);
 void wf_http_register(wf_host *h);
 /* Ends the requests in flight and frees the client; before wf_engine_shutdown(). */
 void wf_http_close(wf_host *h);
+
+/* ---- wf_outbox.c ---- */
+/* note(_, "emit", topic, payload_json) from ctx:emit: writes the message in the open batch
+ * (nothing while replaying: it is durable already). Returns its results on L: the message id,
+ * or nil and a message for a bad topic or payload. */
+int wf_outbox_emit(wf_host *h, wf_instance *in, lua_State *L);
+/* The host's outbox state and its timer; wf_outbox_close() closes the timer (before the
+ * engine runs the loop to finish closing), wf_outbox_free() frees the rest. */
+void wf_outbox_init(wf_host *h);
+void wf_outbox_close(wf_host *h);
+void wf_outbox_stop(wf_host *h);
+void wf_outbox_free(wf_host *h);
+/* Writes the outcomes of deliveries, routing and operators' retries in the open batch. */
+void wf_outbox_write(wf_host *h);
+/* The batch is durable: forgets what it wrote. */
+void wf_outbox_committed(wf_host *h);
+/* Delivers what is due: after a commit (once its effects are released) and on its timer. */
+void wf_outbox_dispatch(wf_host *h);
+/* 1 if the outbox has something to write in a batch. */
+int wf_outbox_pending(wf_host *h);
+/* 1 if wf_host_drain() must go on for the outbox: writes, deliveries in flight, due work. */
+int wf_outbox_busy(wf_host *h);
+/* Delivers what fell due (a virtual clock may jump). */
+void wf_outbox_poll(wf_host *h);
+/* The earliest time the dispatcher has work (a retry, a delivery's deadline), or 0. */
+int64_t wf_outbox_next_wake(wf_host *h);
+/* A client's `outbox retry` request: "<msg id>" or "<msg id>\x1f<subscriber>". */
+void wf_outbox_request(wf_host *h, const char *id);
 
 #endif /* WF_ENGINE_H */

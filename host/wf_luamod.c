@@ -6,6 +6,7 @@
  *   local wfhost = require "wfhost"
  *   local h = assert(wfhost.open { db = "t.db", workflows = "workflows", virtual_time = true })
  *   h:register_action("charge", function(params, call) return { ok = true } end)
+ *   h:subscribe("audit", "order.*", function(msg, delivery) print(msg.id, msg.topic) end)
  *   local id = assert(h:start("order", { id = 1 }))
  *   h:drain()
  *   print(h:get(id).status)
@@ -25,6 +26,7 @@
 
 #define HOST_MT "wfhost.host"
 #define CALL_MT "wfhost.call"
+#define DELIVERY_MT "wfhost.delivery"
 
 /* The sentinel an action function returns to complete its call later, with call:ok(result)
  * or call:fail(code, message, retryable). */
@@ -35,6 +37,7 @@ typedef struct {
   lua_State *cb;    /* a thread of its own for calling actions from the engine */
   int cb_ref;
   int actions_ref;  /* name -> Lua function */
+  int subs_ref;     /* subscriber name -> Lua function */
   int64_t vnow;     /* the virtual clock, when enabled */
   int virtual_time;
 } lhost;
@@ -115,6 +118,8 @@ static void push_json(lua_State *L, const char *json) {
   }
 }
 
+static void set_str(lua_State *L, const char *k, const char *v);
+
 static int64_t virtual_clock(void *ud) { return ((lhost *)ud)->vnow; }
 
 static int64_t opt_int(lua_State *L, int t, const char *k, int64_t def) {
@@ -134,7 +139,7 @@ static int l_open(lua_State *L) {
   const char *db = luaL_checkstring(L, -1);
   lhost *lh = lua_newuserdatauv(L, sizeof *lh, 0);
   memset(lh, 0, sizeof *lh);
-  lh->cb_ref = lh->actions_ref = LUA_NOREF;
+  lh->cb_ref = lh->actions_ref = lh->subs_ref = LUA_NOREF;
   luaL_setmetatable(L, HOST_MT);
   int ud = lua_gettop(L);
 
@@ -170,6 +175,8 @@ static int l_open(lua_State *L) {
 
   lua_newtable(L);
   lh->actions_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  lh->subs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lh->cb = lua_newthread(L);
   lh->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
@@ -192,7 +199,8 @@ static int l_close(lua_State *L) {
   lh->h = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, lh->cb_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, lh->actions_ref);
-  lh->cb_ref = lh->actions_ref = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, lh->subs_ref);
+  lh->cb_ref = lh->actions_ref = lh->subs_ref = LUA_NOREF;
   return 0;
 }
 
@@ -402,6 +410,203 @@ static int l_register_action(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, lh->actions_ref);
   lua_pushvalue(L, 3);
   lua_setfield(L, -2, name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- outbox subscribers --------------------------------------------------------------- */
+
+/* A delivery handle as Lua sees it: completes the delivery once; a handle collected without
+ * being completed fails it, so that nothing waits for it forever. */
+typedef struct {
+  wf_delivery *d;
+} ldelivery;
+
+static ldelivery *check_delivery(lua_State *L) {
+  ldelivery *ld = luaL_checkudata(L, 1, DELIVERY_MT);
+  if (!ld->d) luaL_error(L, "wfhost: this delivery was already completed");
+  return ld;
+}
+
+/* An error value fails the delivery: { type = (or code =), message = } or a string. */
+static void fail_delivery(lua_State *L, wf_delivery *d, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_istable(L, idx)) {
+    if (lua_getfield(L, idx, "type") == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_getfield(L, idx, "code");
+    }
+    lua_getfield(L, idx, "message");
+    wf_delivery_fail(d, lua_tostring(L, -2) ? lua_tostring(L, -2) : "error", lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+    lua_pop(L, 2);
+  } else {
+    wf_delivery_fail(d, "error", lua_tostring(L, idx) ? lua_tostring(L, idx) : "error");
+  }
+}
+
+/* delivery:ok() */
+static int l_delivery_ok(lua_State *L) {
+  ldelivery *ld = check_delivery(L);
+  wf_delivery *d = ld->d;
+  ld->d = NULL;
+  wf_delivery_ok(d);
+  return 0;
+}
+
+/* delivery:fail({ type =, message = }) or delivery:fail("message") */
+static int l_delivery_fail(lua_State *L) {
+  ldelivery *ld = check_delivery(L);
+  wf_delivery *d = ld->d;
+  ld->d = NULL;
+  fail_delivery(L, d, 2);
+  return 0;
+}
+
+static int l_delivery_gc(lua_State *L) {
+  ldelivery *ld = luaL_checkudata(L, 1, DELIVERY_MT);
+  if (ld->d) wf_delivery_fail(ld->d, "abandoned", "the test dropped this delivery without completing it");
+  ld->d = NULL;
+  return 0;
+}
+
+static int l_delivery_index(lua_State *L) {
+  luaL_checkudata(L, 1, DELIVERY_MT);
+  const char *k = luaL_checkstring(L, 2);
+  if (!strcmp(k, "ok")) lua_pushcfunction(L, l_delivery_ok);
+  else if (!strcmp(k, "fail")) lua_pushcfunction(L, l_delivery_fail);
+  else if (!strcmp(k, "done")) lua_pushboolean(L, ((ldelivery *)lua_touserdata(L, 1))->d == NULL);
+  else {
+    lua_getiuservalue(L, 1, 1);
+    lua_getfield(L, -1, k);
+  }
+  return 1;
+}
+
+/* Calls the subscriber's Lua function on the callback thread with (message, delivery):
+ * message = { id, topic, payload, attempt, instance, subscriber }. Returning completes the
+ * delivery, an error fails it, and returning wfhost.pending leaves it to delivery:ok() or
+ * delivery:fail() later. */
+static void lua_subscriber(wf_delivery *d, const char *msg_id, const char *topic, const char *payload, int attempt,
+                           void *ud) {
+  lhost *lh = ud;
+  lua_State *L = lh->cb;
+  lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->subs_ref);
+  lua_getfield(L, -1, wf_delivery_subscriber(d));
+  lua_remove(L, -2);
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, msg_id);
+  lua_setfield(L, -2, "id");
+  lua_pushstring(L, topic);
+  lua_setfield(L, -2, "topic");
+  push_json(L, payload);
+  lua_setfield(L, -2, "payload");
+  lua_pushinteger(L, attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushstring(L, wf_delivery_instance(d));
+  lua_setfield(L, -2, "instance");
+  lua_pushstring(L, wf_delivery_subscriber(d));
+  lua_setfield(L, -2, "subscriber");
+  ldelivery *ld = lua_newuserdatauv(L, sizeof *ld, 1);
+  ld->d = d;
+  luaL_setmetatable(L, DELIVERY_MT);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1); /* message fields read through the handle too */
+  int rc = lua_pcall(L, 2, 1, 0);
+  int later = rc == LUA_OK && lua_islightuserdata(L, -1) && lua_touserdata(L, -1) == &pending_key;
+  if (!ld->d || later) { /* completed by the function itself, or kept for later */
+    if (ld->d) wf_delivery_hold(d);
+    lua_settop(L, 0);
+    return;
+  }
+  ld->d = NULL;
+  if (rc != LUA_OK) fail_delivery(L, d, -1);
+  else wf_delivery_ok(d);
+  lua_settop(L, 0);
+}
+
+/* h:subscribe(name, pattern, fn [, policy]): policy = { retry = {...} } as for an action. */
+static int l_subscribe(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *name = luaL_checkstring(L, 2);
+  const char *pattern = luaL_checkstring(L, 3);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  wf_subscriber_opts so;
+  wf_subscriber_opts_init(&so);
+  const char **types = NULL;
+  if (!lua_isnoneornil(L, 5)) {
+    luaL_checktype(L, 5, LUA_TTABLE);
+    wf_action_opts ao;
+    wf_action_opts_init(&ao);
+    ao.retry = so.retry;
+    if (policy_from_lua(L, 5, &ao, &types) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "subscriber '%s': %s", name, lua_tostring(L, -2));
+      return 2;
+    }
+    if (lua_getfield(L, -1, "breaker") != LUA_TNIL || lua_getfield(L, -2, "at_most_once") != LUA_TNIL) {
+      free(types);
+      lua_pushnil(L);
+      lua_pushfstring(L, "subscriber '%s': a subscriber's policy takes retry only", name);
+      return 2;
+    }
+    lua_pop(L, 2);
+    so.retry = ao.retry;
+  }
+  int rc = wf_subscribe(lh->h, name, pattern, lua_subscriber, lh, &so);
+  free(types);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lh->subs_ref);
+  lua_pushvalue(L, 4);
+  lua_setfield(L, -2, name);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* h:outbox { status = "pending"|"failed", limit = n } -> { { id, topic, instance, payload,
+ * subscriber, status, attempts, next_at, last_error, created_at }, ... } */
+static int l_outbox(lua_State *L) {
+  lhost *lh = check_host(L);
+  const char *status = NULL;
+  int limit = 0;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "status");
+    lua_getfield(L, 2, "limit");
+    status = lua_tostring(L, -2);
+    limit = (int)luaL_optinteger(L, -1, 0);
+  }
+  wf_outbox_entry *e;
+  size_t n;
+  int rc = wf_outbox_list(lh->h, status, limit, &e, &n);
+  if (rc != WF_OK) return push_fail(L, lh, rc);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 10);
+    set_str(L, "id", e[i].msg_id);
+    set_str(L, "topic", e[i].topic);
+    set_str(L, "instance", e[i].instance_id);
+    push_json(L, e[i].payload_json);
+    lua_setfield(L, -2, "payload");
+    set_str(L, "subscriber", e[i].subscriber);
+    set_str(L, "status", e[i].status);
+    lua_pushinteger(L, e[i].attempts);
+    lua_setfield(L, -2, "attempts");
+    lua_pushinteger(L, e[i].next_at);
+    lua_setfield(L, -2, "next_at");
+    set_str(L, "last_error", e[i].last_error);
+    lua_pushinteger(L, e[i].created_at);
+    lua_setfield(L, -2, "created_at");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  wf_outbox_list_free(e, n);
+  return 1;
+}
+
+/* h:outbox_retry(msg_id [, subscriber]) */
+static int l_outbox_retry(lua_State *L) {
+  lhost *lh = check_host(L);
+  int rc = wf_outbox_retry(lh->h, luaL_checkstring(L, 2), luaL_optstring(L, 3, NULL));
+  if (rc != WF_OK) return push_fail(L, lh, rc);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -770,6 +975,8 @@ static const luaL_Reg host_methods[] = {
   {"load_plugin", l_load_plugin}, {"breakers", l_breakers}, {"isolate", l_isolate},
   {"close_breaker", l_close_breaker}, {"action_stats", l_action_stats}, {"schedules", l_schedules},
   {"workflows", l_workflows},
+  {"close_breaker", l_close_breaker}, {"action_stats", l_action_stats},
+  {"subscribe", l_subscribe}, {"outbox", l_outbox}, {"outbox_retry", l_outbox_retry},
   {NULL, NULL}};
 
 int luaopen_wfhost(lua_State *L);
@@ -786,6 +993,12 @@ int luaopen_wfhost(lua_State *L) {
   lua_pushcfunction(L, l_call_index);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_call_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, DELIVERY_MT);
+  lua_pushcfunction(L, l_delivery_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_delivery_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   lua_newtable(L);

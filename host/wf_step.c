@@ -1022,6 +1022,7 @@ static void build(wf_host *h, wf_instance *in) {
   lua_pop(L, 1); /* run */
 
   in->seq = 0;
+  in->emit_seq = in->emit_n = 0;
   in->replaying = in->replay_max_seq > 0;
   if (in->replaying)
     wf_log(h, WF_LOG_DEBUG, in->id, NULL, "rebuilding by replay (%zu history entries)", in->nhist);
@@ -1097,8 +1098,8 @@ void wf_step_advance(wf_host *h, wf_instance *in) {
   if (in->co && (in->status == WF_ST_RUNNING || in->status == WF_ST_WAITING)) in->status = park_status(in);
 }
 
-/* note(_, kind, ...): state labels, log lines, patch checks and progress of the running
- * instance, recorded without yielding. */
+/* note(_, kind, ...): state labels, log lines, patch checks, progress, saga steps and outbox
+ * messages (wf_outbox.c) of the running instance, recorded without yielding. */
 int wf_step_note(lua_State *L) {
   wf_host *h = lua_touserdata(L, lua_upvalueindex(1));
   wf_instance *in = h->current;
@@ -1136,6 +1137,8 @@ int wf_step_note(lua_State *L) {
     if (t && !h->trip) wf_lua_arm_budget(h, t);
   } else if (!strcmp(kind, "log") && !in->replaying) {
     wf_log(h, wf_log_level_parse(luaL_checkstring(L, 3)), in->id, lua_tostring(L, 5), "%s", luaL_checkstring(L, 4));
+  } else if (!strcmp(kind, "emit")) {
+    return wf_outbox_emit(h, in, L);
   }
   return 0;
 }

@@ -17,6 +17,8 @@
  *   catalog    the workflows the last host loaded, so a client can refuse an unknown name.
  *   breakers   circuit breaker states as the host last wrote them.
  *   schedules  cron schedules: what to start when, the next firing, the last one, counters.
+ *   outbox     messages emitted by workflows (ctx:emit), written in the batch of the step
+ *              that emitted them, and their delivery state per subscriber.
  *
  * Writes happen inside a transaction opened by wf_store_begin() and made durable by
  * wf_store_commit() (group commit: the engine writes many instances' steps in one). Every
@@ -30,7 +32,7 @@
 typedef struct wf_store wf_store;
 
 /* The schema version this build writes. A database with a higher one is refused. */
-#define WF_STORE_SCHEMA_VERSION 4
+#define WF_STORE_SCHEMA_VERSION 5
 
 /* Opens or creates the database, applying migrations. On failure *out may still be set
  * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
@@ -186,5 +188,56 @@ int wf_store_each_catalog(wf_store *st, wf_store_version_fn fn, void *ud);
  * workflow and version, with their counts; version 0 is "not chosen yet" (a pending instance
  * started by a client). */
 int wf_store_active_versions(wf_store *st, wf_store_version_fn fn, void *ud);
+/* Outbox. A message has an order number (ord, assigned by the store, never reused: a later
+ * emit has a larger one) and one delivery per subscriber it is routed to: pending (with its
+ * failed attempts and the time of the next), or failed (a dead letter). A delivered one is
+ * removed, and the message with its last delivery. A message no subscriber matched when it
+ * was emitted is unrouted until wf_store_route_message(). */
+typedef struct wf_message_rec {
+  const char *msg_id;
+  const char *instance_id;
+  const char *topic;
+  const char *payload; /* JSON */
+  int64_t at;
+} wf_message_rec;
+
+typedef struct wf_delivery_rec {
+  int64_t ord;
+  const char *msg_id;
+  const char *instance_id;
+  const char *topic;
+  const char *payload;
+  const char *subscriber; /* NULL for an unrouted message */
+  const char *status;     /* pending, failed, unrouted */
+  int attempts;           /* failed attempts so far */
+  int64_t next_at;        /* when the next attempt may start */
+  const char *last_error; /* NULL allowed */
+  int64_t created_at;
+  int64_t updated_at;
+} wf_delivery_rec;
+typedef void (*wf_store_delivery_fn)(void *ud, const wf_delivery_rec *d);
+
+/* Adds a message with a pending delivery for each of the n subscribers (none: unrouted).
+ * *ord gets its order number, or 0 if a message with this id exists (nothing is written). */
+int wf_store_add_message(wf_store *st, const wf_message_rec *m, const char *const *subscribers, size_t n,
+                         int64_t *ord /* OUT */);
+/* Calls fn for every unrouted message, oldest first. */
+int wf_store_each_unrouted(wf_store *st, wf_store_delivery_fn fn, void *ud);
+/* Routes an unrouted message to n >= 1 subscribers (pending deliveries due at `at`). */
+int wf_store_route_message(wf_store *st, int64_t ord, const char *const *subscribers, size_t n, int64_t at);
+/* Calls fn for the subscriber's pending deliveries with ord > after, oldest first, at most limit. */
+int wf_store_next_deliveries(wf_store *st, const char *subscriber, int64_t after, int limit,
+                             wf_store_delivery_fn fn, void *ud);
+/* Records a delivery's state: status NULL (delivered: removed), "pending" (attempts failed so
+ * far, next attempt at next_at) or "failed" (a dead letter); error: the last failure. */
+int wf_store_set_delivery(wf_store *st, const char *subscriber, int64_t ord, const char *status, int attempts,
+                          int64_t next_at, const char *error, int64_t at);
+/* Lists deliveries (and unrouted messages) in emit order: status NULL for all, "pending" for
+ * pending and unrouted ones, "failed" for dead letters; at most limit (0: no limit). */
+int wf_store_list_deliveries(wf_store *st, const char *status, int limit, wf_store_delivery_fn fn, void *ud);
+/* Makes the failed deliveries of a message (to one subscriber, or NULL: to all) pending again
+ * with no attempt counted, due at `at`; *n (may be NULL) gets how many. */
+int wf_store_requeue_deliveries(wf_store *st, const char *msg_id, const char *subscriber, int64_t at,
+                                int *n /* OUT */);
 
 #endif /* WF_STORE_H */

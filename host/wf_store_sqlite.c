@@ -69,6 +69,18 @@ static const char *const migrations[] = {
     "ALTER TABLE catalog ADD COLUMN source TEXT;"
     "ALTER TABLE instances ADD COLUMN progress REAL;"
     "ALTER TABLE instances ADD COLUMN progress_message TEXT;",
+    /* 5: the transactional outbox. A message is written in the batch of the step that emitted
+     * it; ord (never reused) is the emit order. One delivery row per subscriber the message
+     * is routed to; a message no subscriber matched yet stays unrouted (routed = 0). A
+     * delivered message's row goes; a failed (dead-letter) one stays until retried. */
+    "CREATE TABLE outbox (ord INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL UNIQUE,"
+    "  instance_id TEXT NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, routed INTEGER NOT NULL);"
+    "CREATE INDEX outbox_unrouted ON outbox (ord) WHERE routed = 0;"
+    "CREATE TABLE outbox_deliveries (subscriber TEXT NOT NULL, ord INTEGER NOT NULL,"
+    "  status TEXT NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, last_error TEXT,"
+    "  updated_at INTEGER NOT NULL, PRIMARY KEY (subscriber, ord)) WITHOUT ROWID;"
+    "CREATE INDEX outbox_deliveries_ord ON outbox_deliveries (ord);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
@@ -88,6 +100,8 @@ enum {
   S_PUT_BREAKER, S_EACH_BREAKER,
   S_PUT_SCHEDULE, S_ADVANCE_SCHEDULE, S_DELETE_SCHEDULE, S_EACH_SCHEDULE,
   S_EACH_CATALOG, S_ACTIVE_VERSIONS,
+  S_ADD_MESSAGE, S_ADD_DELIVERY, S_EACH_UNROUTED, S_SET_ROUTED, S_NEXT_DELIVERIES,
+  S_UPDATE_DELIVERY, S_DELETE_DELIVERY, S_DELETE_MESSAGE, S_LIST_DELIVERIES, S_REQUEUE,
   S_COUNT
 };
 
@@ -176,6 +190,33 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ACTIVE_VERSIONS] = "SELECT workflow, version, count(*) FROM instances "
                           "WHERE status IN ('pending', 'running', 'waiting', 'suspended') "
                           "GROUP BY workflow, version ORDER BY workflow, version",
+    [S_ADD_MESSAGE] = "INSERT INTO outbox (msg_id, instance_id, topic, payload, created_at, routed) "
+                      "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (msg_id) DO NOTHING",
+    [S_ADD_DELIVERY] = "INSERT INTO outbox_deliveries (subscriber, ord, status, attempts, next_at, updated_at) "
+                       "VALUES (?1, ?2, 'pending', 0, ?3, ?3) ON CONFLICT (subscriber, ord) DO NOTHING",
+    [S_EACH_UNROUTED] = "SELECT ord, msg_id, instance_id, topic, payload, created_at FROM outbox "
+                        "WHERE routed = 0 ORDER BY ord",
+    [S_SET_ROUTED] = "UPDATE outbox SET routed = 1 WHERE ord = ?1",
+    [S_NEXT_DELIVERIES] = "SELECT d.ord, m.msg_id, m.instance_id, m.topic, m.payload, d.attempts, d.next_at "
+                          "FROM outbox_deliveries d JOIN outbox m ON m.ord = d.ord "
+                          "WHERE d.subscriber = ?1 AND d.ord > ?2 AND d.status = 'pending' "
+                          "ORDER BY d.ord LIMIT ?3",
+    [S_UPDATE_DELIVERY] = "UPDATE outbox_deliveries SET status = ?3, attempts = ?4, next_at = ?5, "
+                          "last_error = ?6, updated_at = ?7 WHERE subscriber = ?1 AND ord = ?2",
+    [S_DELETE_DELIVERY] = "DELETE FROM outbox_deliveries WHERE subscriber = ?1 AND ord = ?2",
+    [S_DELETE_MESSAGE] = "DELETE FROM outbox WHERE ord = ?1 AND routed = 1 AND NOT EXISTS "
+                         "(SELECT 1 FROM outbox_deliveries WHERE ord = ?1)",
+    /* ?1: NULL for every row, 'pending' (with the unrouted), 'failed'. */
+    [S_LIST_DELIVERIES] =
+        "SELECT m.ord, m.msg_id, m.instance_id, m.topic, m.payload, d.subscriber, "
+        "COALESCE(d.status, 'unrouted'), COALESCE(d.attempts, 0), COALESCE(d.next_at, 0), d.last_error, "
+        "m.created_at, COALESCE(d.updated_at, m.created_at) "
+        "FROM outbox m LEFT JOIN outbox_deliveries d ON d.ord = m.ord "
+        "WHERE ?1 IS NULL OR COALESCE(d.status, 'unrouted') = ?1 OR (?1 = 'pending' AND d.status IS NULL) "
+        "ORDER BY m.ord, d.subscriber LIMIT ?2",
+    [S_REQUEUE] = "UPDATE outbox_deliveries SET status = 'pending', attempts = 0, next_at = ?3, updated_at = ?3 "
+                  "WHERE status = 'failed' AND ord = (SELECT ord FROM outbox WHERE msg_id = ?1) "
+                  "AND (?2 IS NULL OR subscriber = ?2)",
 };
 
 struct wf_store {
@@ -949,4 +990,96 @@ int wf_store_each_schedule(wf_store *st, wf_store_schedule_fn fn, void *ud) {
   }
   rows_free(rows, n);
   return WF_OK;
+}
+
+/* ---- outbox -------------------------------------------------------------------------- */
+
+/* A message that exists already (the same id) is left as it is and *ord is 0: an emit is
+ * written once, whatever replays it. */
+int wf_store_add_message(wf_store *st, const wf_message_rec *m, const char *const *subscribers, size_t n,
+                         int64_t *ord) {
+  const char *op = "add outbox message";
+  *ord = 0;
+  int code = exec_stmt(st, S_ADD_MESSAGE, op, "ttttIi", m->msg_id, m->instance_id, m->topic, m->payload, m->at,
+                       n > 0);
+  if (code != WF_OK || sqlite3_changes(st->db) == 0) return code;
+  *ord = sqlite3_last_insert_rowid(st->db);
+  for (size_t i = 0; i < n && code == WF_OK; i++)
+    code = exec_stmt(st, S_ADD_DELIVERY, op, "tII", subscribers[i], *ord, m->at);
+  return code;
+}
+
+int wf_store_each_unrouted(wf_store *st, wf_store_delivery_fn fn, void *ud) {
+  row *rows;
+  size_t n;
+  int code = read_rows(st, st->stmt[S_EACH_UNROUTED], "read unrouted messages", &rows, &n);
+  for (size_t i = 0; i < n; i++) {
+    wf_delivery_rec d = {.ord = INT(rows[i], 0), .msg_id = TEXT(rows[i], 1), .instance_id = TEXT(rows[i], 2),
+                         .topic = TEXT(rows[i], 3), .payload = TEXT(rows[i], 4), .status = "unrouted",
+                         .created_at = INT(rows[i], 5), .updated_at = INT(rows[i], 5)};
+    fn(ud, &d);
+  }
+  rows_free(rows, n);
+  return code;
+}
+
+int wf_store_route_message(wf_store *st, int64_t ord, const char *const *subscribers, size_t n, int64_t at) {
+  const char *op = "route outbox message";
+  int code = WF_OK;
+  for (size_t i = 0; i < n && code == WF_OK; i++) code = exec_stmt(st, S_ADD_DELIVERY, op, "tII", subscribers[i], ord, at);
+  return code == WF_OK && n ? exec_stmt(st, S_SET_ROUTED, op, "I", ord) : code;
+}
+
+int wf_store_next_deliveries(wf_store *st, const char *subscriber, int64_t after, int limit, wf_store_delivery_fn fn,
+                             void *ud) {
+  const char *op = "read pending deliveries";
+  sqlite3_stmt *s = st->stmt[S_NEXT_DELIVERIES];
+  int code = bind(st, s, op, "tIi", subscriber, after, limit);
+  if (code != WF_OK) return code;
+  row *rows;
+  size_t n;
+  code = read_rows(st, s, op, &rows, &n);
+  for (size_t i = 0; i < n; i++) {
+    wf_delivery_rec d = {.ord = INT(rows[i], 0), .msg_id = TEXT(rows[i], 1), .instance_id = TEXT(rows[i], 2),
+                         .topic = TEXT(rows[i], 3), .payload = TEXT(rows[i], 4), .subscriber = subscriber,
+                         .status = "pending", .attempts = (int)INT(rows[i], 5), .next_at = INT(rows[i], 6)};
+    fn(ud, &d);
+  }
+  rows_free(rows, n);
+  return code;
+}
+
+/* A delivered message's delivery row goes, and the message with its last one. */
+int wf_store_set_delivery(wf_store *st, const char *subscriber, int64_t ord, const char *status, int attempts,
+                          int64_t next_at, const char *error, int64_t at) {
+  const char *op = "write outbox delivery";
+  if (status) return exec_stmt(st, S_UPDATE_DELIVERY, op, "tItiItI", subscriber, ord, status, attempts, next_at, error, at);
+  int code = exec_stmt(st, S_DELETE_DELIVERY, op, "tI", subscriber, ord);
+  return code == WF_OK ? exec_stmt(st, S_DELETE_MESSAGE, op, "I", ord) : code;
+}
+
+int wf_store_list_deliveries(wf_store *st, const char *status, int limit, wf_store_delivery_fn fn, void *ud) {
+  const char *op = "list outbox";
+  sqlite3_stmt *s = st->stmt[S_LIST_DELIVERIES];
+  int code = bind(st, s, op, "ti", status, limit > 0 ? limit : -1);
+  if (code != WF_OK) return code;
+  row *rows;
+  size_t n;
+  code = read_rows(st, s, op, &rows, &n);
+  for (size_t i = 0; i < n; i++) {
+    wf_delivery_rec d = {.ord = INT(rows[i], 0), .msg_id = TEXT(rows[i], 1), .instance_id = TEXT(rows[i], 2),
+                         .topic = TEXT(rows[i], 3), .payload = TEXT(rows[i], 4), .subscriber = TEXT(rows[i], 5),
+                         .status = TEXT(rows[i], 6), .attempts = (int)INT(rows[i], 7), .next_at = INT(rows[i], 8),
+                         .last_error = TEXT(rows[i], 9), .created_at = INT(rows[i], 10),
+                         .updated_at = INT(rows[i], 11)};
+    fn(ud, &d);
+  }
+  rows_free(rows, n);
+  return code;
+}
+
+int wf_store_requeue_deliveries(wf_store *st, const char *msg_id, const char *subscriber, int64_t at, int *n) {
+  int code = exec_stmt(st, S_REQUEUE, "requeue outbox deliveries", "ttI", msg_id, subscriber, at);
+  if (n) *n = code == WF_OK ? sqlite3_changes(st->db) : 0;
+  return code;
 }

@@ -321,8 +321,99 @@ void wf_breakers_free(wf_breaker_info *list, size_t n);
 int wf_breaker_isolate(wf_host *h, const char *action, const char *key);
 int wf_breaker_close(wf_host *h, const char *action, const char *key);
 
+/* ---- The outbox: subscribers (host mode) ------------------------------------------------ */
+
+/* A workflow's ctx:emit(topic, payload) writes a message to the durable outbox in the same
+ * transaction as its step. Once that transaction is committed (never before), the host
+ * delivers the message to every subscriber whose pattern matches the topic, at least once:
+ * a delivery that fails, times out or was in flight when a host died is delivered again.
+ *
+ *   - Each subscriber has its own delivery state: one that fails never makes the others
+ *     receive a message again.
+ *   - A subscriber receives its messages one at a time, in emit order. A failed delivery is
+ *     retried after the policy's backoff (the time is stored: it survives a restart) and holds
+ *     the subscriber's later messages back until it succeeds or its attempts run out; then it
+ *     is kept as failed (a dead letter, `wfhost outbox --failed`) and the next one goes.
+ *   - A message whose topic no subscriber matches is kept (status unrouted) and routed to the
+ *     subscribers that match when one is registered.
+ *   - A delivered message is deleted from the outbox; the instance's history keeps an `emit`
+ *     entry with its id and payload.
+ * Message ids are "<instance id>:<seq>:<n>" (the n-th emit after command seq): stable across
+ * replays and redeliveries, so a subscriber can drop duplicates. */
+typedef struct wf_delivery wf_delivery;
+
+/* Called on the loop thread for each delivery attempt. The strings stay valid until the
+ * delivery is completed, exactly once, with wf_delivery_ok() or wf_delivery_fail(), before
+ * returning or later from the loop thread. attempt is 1 for the first (a delivery in flight
+ * when a host died is delivered again with the same attempt number). */
+typedef void (*wf_subscriber_fn)(wf_delivery *d, const char *msg_id, const char *topic,
+                                 const char *payload_json, int attempt, void *ud);
+
+typedef struct wf_subscriber_opts {
+  /* Retries, as for an action (wf_retry_policy): max_attempts (default 10; 0: unlimited),
+   * backoff, initial_delay_ms, multiplier, max_delay_ms, jitter; attempt_timeout_ms (default
+   * 30000: a delivery not completed by then fails, and its late completion is ignored);
+   * non_retryable (failures of these types become dead letters at once). total_timeout_ms and
+   * suspend_on_exhaustion do not apply. */
+  wf_retry_policy retry;
+} wf_subscriber_opts;
+
+/* Initialises opts to the defaults above. */
+void wf_subscriber_opts_init(wf_subscriber_opts *opts);
+
+/* Registers (or replaces) a subscriber. name: letters, digits, '_', '-' and '.' (at most 128
+ * bytes): the delivery state is kept under this name across restarts. pattern: a topic
+ * ("order.shipped"), a prefix wildcard ("order.*": every topic that starts with "order."), or
+ * "*" for every topic. opts: NULL for the defaults. Returns WF_INVALID with a message for a bad
+ * name, pattern or policy. Messages emitted while no subscriber matched are routed to it. */
+int wf_subscribe(wf_host *h, const char *name, const char *pattern, wf_subscriber_fn fn, void *ud,
+                 const wf_subscriber_opts *opts);
+
+const char *wf_delivery_subscriber(const wf_delivery *d); /* the subscriber's name */
+const char *wf_delivery_instance(const wf_delivery *d);   /* the emitting instance's id */
+wf_host *wf_delivery_host(const wf_delivery *d);          /* NULL once the host has closed */
+
+/* Tells wf_host_drain() not to wait for this delivery (as wf_call_hold()). */
+void wf_delivery_hold(wf_delivery *d);
+
+/* Completes the delivery: delivered. The handle is freed. */
+void wf_delivery_ok(wf_delivery *d);
+
+/* Completes the delivery: failed, with a message (and a short type matched by the policy's
+ * non_retryable list, or NULL). It is retried after the backoff, or becomes a dead letter once
+ * the attempts run out. The handle is freed. */
+void wf_delivery_fail(wf_delivery *d, const char *type, const char *message);
+
+/* One delivery (or an unrouted message) as listed by wf_outbox_list(). */
+typedef struct wf_outbox_entry {
+  char *msg_id;
+  char *topic;
+  char *instance_id;
+  char *payload_json;
+  char *subscriber;  /* NULL for an unrouted message */
+  char *status;      /* pending, failed (a dead letter), unrouted */
+  int attempts;      /* failed attempts so far */
+  int64_t next_at;   /* pending: when the next attempt may start */
+  char *last_error;  /* the last failure, or NULL */
+  int64_t created_at;
+  int64_t updated_at;
+} wf_outbox_entry;
+
+/* Lists what is not delivered, in emit order (then by subscriber): status NULL for all,
+ * "pending" (pending and unrouted) or "failed"; at most limit (0: no limit). As committed;
+ * both modes. Free with wf_outbox_list_free(). */
+int wf_outbox_list(wf_host *h, const char *status, int limit, wf_outbox_entry **out /* OUT */,
+                   size_t *n /* OUT */);
+void wf_outbox_list_free(wf_outbox_entry *list, size_t n);
+
+/* Makes the failed deliveries of message msg_id pending again, with a fresh round of
+ * attempts: to one subscriber, or to all with subscriber NULL. WF_NOTFOUND if the message has
+ * no failed delivery (to that subscriber). Both modes: a client's request is applied by the
+ * running host. */
+int wf_outbox_retry(wf_host *h, const char *msg_id, const char *subscriber);
+
 /* A plugin for the `wfhost` command is a shared object exporting this function; it registers
- * its actions and returns WF_OK. */
+ * its actions (and outbox subscribers) and returns WF_OK. */
 typedef int (*wf_plugin_init_fn)(wf_host *h);
 #define WF_PLUGIN_INIT_SYMBOL "wfhost_plugin_init"
 
@@ -385,7 +476,8 @@ typedef struct wf_history_entry {
                       the command up), ignored (a result after that), compensation (a saga's
                       progress: begin, done, failed, end), completed, failed, cancelled,
                       suspended, patch (ctx:patched took the new code path; name: the change
-                      id), history_warning (the history passed history_warn entries); for an
+                      id), history_warning (the history passed history_warn entries), emit
+                      (an outbox message: name the topic, data {"id","payload"}); for an
                       action step's attempts: attempt,
                       attempt_failed, rejected, retry_scheduled, exhausted, outcome_unknown,
                       breaker (see "Observing actions") */

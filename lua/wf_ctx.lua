@@ -5,7 +5,7 @@
 -- Protocol with the C resume driver (host/wf_step.c): every command a workflow issues
 -- (action, wait, sleep, now, random, uuid) is a coroutine.yield(kind, name, arg) from
 -- `command` below; the driver journals it and resumes the coroutine with a status word and
--- values. Things that are not commands (state labels, log lines) call `note`, a C function
+-- values. Things that are not commands (state labels, log lines, outbox messages) call `note`, a C function
 -- that records them directly, so they also work where a yield could not (inside a string.gsub
 -- callback, a __tostring metamethod, ...).
 local note, cjson_module = ...
@@ -804,6 +804,19 @@ function Ctx:complete(value)
   local T = thread_of()
   T.S.complete = setmetatable({ value = value == nil and json.null or value }, Complete)
   error(T.S.complete, 0)
+end
+
+-- Writes a message to the outbox in the step's transaction; subscribers get it once that is
+-- committed. Returns the message id ("<instance id>:<seq>:<n>"), the same on every replay.
+function Ctx:emit(topic, payload)
+  local ok, s = pcall(json.encode, payload == nil and json.null or payload)
+  if not ok then
+    error(sformat("ctx:emit(%s, payload): the payload cannot be stored as JSON: %s",
+      type(topic) == "string" and sformat("%q", topic) or "topic", s), 2)
+  end
+  local id, err = note(nil, "emit", topic, s)
+  if not id then error(err or "ctx:emit: no instance is running", 2) end
+  return id
 end
 
 ---------------------------------------------------------------------------------------------

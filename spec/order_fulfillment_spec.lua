@@ -49,6 +49,31 @@ describe("order_fulfillment #integration", function()
     assert.are.same({ "reserve_inventory", "charge_payment", "ship" }, actions_of(run))
   end)
 
+  it("announces the shipment through the outbox", function()
+    local feed = env:subscribe("feed", "order.*")
+    local run = env:start("order_fulfillment", order())
+    assert.are.same({}, env:emitted()) -- nothing decided yet
+    env:advance("10m")
+    assert.are.equal("completed", run:status())
+    assert.are.same({ { topic = "order.shipped", id = run.id .. ":4:1", instance = run.id,
+                        payload = { order = "A-1", tracking = "TRK-A-1", address = "1 Main St" } } },
+                    env:emitted())
+    assert.spy(feed).was.called(1)
+    assert.are.equal(run.id .. ":4:1", feed:message(1).id)
+  end)
+
+  it("announces a cancellation, kept until a subscriber takes it", function()
+    local run = env:start("order_fulfillment", order())
+    assert(run:signal("CancelOrder"))
+    assert.are.equal("cancelled_by_customer", run:state())
+    local held = env:outbox()
+    assert.are.equal(1, #held)
+    assert.are.same({ "order.cancelled", "unrouted", 21 }, { held[1].topic, held[1].status, held[1].payload.refunded })
+    local billing = env:subscribe("billing", "order.cancelled")
+    assert.spy(billing).was.called(1)
+    assert.are.same({}, env:outbox())
+  end)
+
   it("does not ship before the cooling-off window is over", function()
     local run = env:start("order_fulfillment", order { cooling_off = "1h" })
     env:advance("59m59s")

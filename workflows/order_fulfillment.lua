@@ -1,6 +1,8 @@
 -- An order: reserve stock, charge the customer, wait out a cooling-off window in which the
 -- customer may still cancel for free, then ship. Out-of-stock and declined payments end
--- the order early (releasing what was reserved).
+-- the order early (releasing what was reserved). A shipped or cancelled order is announced
+-- to other systems through the outbox (order.shipped, order.cancelled), in the same
+-- transaction as the step that decided it.
 --
 -- Input: { id = "A-17", customer = "c-9", address = "...", cooling_off = "10m",
 --          items = { { sku = "tea", qty = 2, price = 4.5 }, ... } }
@@ -37,12 +39,14 @@ return workflow.define {
       ctx.actions.refund_payment { payment = payment.id, amount = total }
       ctx.actions.release_inventory { reservation = stock.reservation }
       ctx:set_state("cancelled_by_customer")
+      ctx:emit("order.cancelled", { order = order.id, refunded = total })
       return { status = "cancelled", refunded = total }
     end
 
     ctx:set_state("shipping")
     local shipment = ctx.actions.ship { order = order.id, address = order.address }
     ctx:set_state("shipped")
+    ctx:emit("order.shipped", { order = order.id, tracking = shipment.tracking, address = order.address })
     return { status = "shipped", total = total, tracking = shipment.tracking }
   end,
 }

@@ -16,6 +16,11 @@
 -- registration: actions = { charge = { fn = function(p) ... end, policy = { retry = {...},
 -- breaker = {...} } } }. Faults can be injected per action (fail_next, time_out_next,
 -- hold/complete). When a spec fails, the timelines of the env's instances are printed.
+--
+-- The outbox: env:emitted(topic) lists what the workflows emitted ({ topic, payload, id,
+-- instance }); subscribers = { audit = { pattern = "order.*", fn = ..., policy = { retry =
+-- ... } } } (or env:subscribe) registers mocks that receive the messages once committed, with
+-- the same fault injection as actions (fail_next, time_out_next, hold/complete).
 local wfhost = require "wfhost"
 local spy = require "luassert.spy"
 
@@ -59,7 +64,7 @@ end
 
 -- A spy with fault injection. The spy records each call's (params, call); call.key is the
 -- idempotency key, call.attempt the attempt, call.deadline when the host gives up on it.
-local function new_mock(env, name, impl)
+local function new_mock(env, name, impl, what)
   local mock
   mock = spy.new(function(params, call)
     local f = table.remove(mock._faults, 1)
@@ -104,7 +109,7 @@ local function new_mock(env, name, impl)
   end
   local function take(self)
     local call = table.remove(self._held, 1)
-    if not call then error(("action '%s' has no held call"):format(self._name), 3) end
+    if not call then error(("%s '%s' has nothing held"):format(what or "action", self._name), 3) end
     return call
   end
   -- Completes the oldest held call with result, then runs the workflows until quiet.
@@ -118,6 +123,14 @@ local function new_mock(env, name, impl)
     take(self):fail(fault(err))
     self._env:settle()
     return self
+  end
+  -- A subscriber's mock: the message of call i ({ id, topic, payload, attempt, instance }),
+  -- and every message it received, in order, one entry per attempt.
+  function mock:message(i) return self.calls[i] and self.calls[i].vals[1] end
+  function mock:messages()
+    local out = {}
+    for i, c in ipairs(self.calls) do out[i] = c.vals[1] end
+    return out
   end
   -- params and idempotency key of call i (1 = the first).
   function mock:params(i) return self.calls[i] and self.calls[i].vals[1] end
@@ -150,6 +163,18 @@ end
 -- What the instance waits on ("event Approve|Reject (timeout at ...)", "timer until ...").
 function Run:pending() return get(self).waiting_for end
 function Run:history() return assert(self.env.h:history(self.id)) end
+
+-- What the instance emitted to the outbox, in order: { { topic, payload, id, instance }, ... },
+-- only those of topic if given.
+function Run:emitted(topic)
+  local out = {}
+  for _, e in ipairs(self:history()) do
+    if e.kind == "emit" and (topic == nil or e.name == topic) then
+      out[#out + 1] = { topic = e.name, payload = e.data.payload, id = e.data.id, instance = self.id, at = e.at }
+    end
+  end
+  return out
+end
 
 -- Sends an event and runs the workflows until quiet. Returns true, or nil and the error.
 function Run:signal(event, data)
@@ -225,6 +250,15 @@ local function open(env)
   assert(h:register_action("*", function(params, call)
     return env.actions[call.action](params, call)
   end))
+  for name, sub in pairs(env._subs) do
+    local ok, err = h:subscribe(name, sub.pattern, function(msg, delivery) return env.subscribers[name](msg, delivery) end,
+      sub.policy)
+    if not ok then
+      h:close()
+      env.h = nil
+      error("workflow.testing: " .. tostring(err), 3)
+    end
+  end
   for name, policy in pairs(env._given) do
     if policy == true then policy = nil end
     local ok, err = h:register_action(name, function(params, call) return env.actions[name](params, call) end, policy)
@@ -264,6 +298,11 @@ function M.env(opts)
     end,
     __newindex = function() error("env.actions: pass implementations to wt.env { actions = ... }", 2) end,
   })
+  env._subs = {} -- name -> { pattern, policy }
+  env.subscribers = setmetatable({}, {
+    __newindex = function() error("env.subscribers: use wt.env { subscribers = ... } or env:subscribe()", 2) end,
+  })
+  for name, sub in pairs(opts.subscribers or {}) do env:_add_subscriber(name, sub, 2) end
   for name, a in pairs(opts.actions or {}) do
     local fn = a
     if type(a) == "table" then
@@ -279,6 +318,60 @@ function M.env(opts)
   open(env)
   open_envs[env] = true
   return env
+end
+
+-- A subscriber: a pattern ("order.*"), or { pattern =, fn = function(msg, delivery), policy = {
+-- retry = ... } }. Its mock (env.subscribers[name]) is a spy like an action's.
+function Env:_add_subscriber(name, sub, level)
+  if type(sub) == "string" then sub = { pattern = sub } end
+  if type(sub) ~= "table" or type(sub.pattern) ~= "string" then
+    error(("subscriber '%s' must be a pattern or { pattern = \"order.*\", fn =, policy = }"):format(tostring(name)), level + 1)
+  end
+  if sub.fn ~= nil and type(sub.fn) ~= "function" then error(("subscriber '%s': fn must be a function"):format(name), level + 1) end
+  self._subs[name] = { pattern = sub.pattern, policy = sub.policy }
+  rawset(self.subscribers, name, new_mock(self, name, sub.fn or function() end, "subscriber"))
+end
+
+-- Registers a subscriber now (and again after env:restart()); returns its mock.
+function Env:subscribe(name, pattern, opts)
+  local sub = { pattern = pattern }
+  if type(opts) == "function" then sub.fn = opts
+  elseif type(opts) == "table" then sub.fn, sub.policy = opts.fn, opts.policy
+  elseif opts ~= nil then error("env:subscribe(name, pattern, fn | { fn =, policy = })", 2) end
+  self:_add_subscriber(name, sub, 2)
+  local ok, err = self.h:subscribe(name, pattern, function(msg, delivery) return self.subscribers[name](msg, delivery) end,
+    sub.policy)
+  if not ok then error("workflow.testing: " .. tostring(err), 2) end
+  self:settle()
+  return self.subscribers[name]
+end
+
+-- What every instance of the env emitted, oldest first: { { topic, payload, id, instance } },
+-- only those of topic if given. Within an instance in emit order; across instances by time.
+function Env:emitted(topic)
+  local all, instances = {}, self:instances()
+  for k = #instances, 1, -1 do -- oldest instance first
+    for _, e in ipairs(self:run(instances[k].id):emitted(topic)) do
+      all[#all + 1] = e
+      e._n = #all
+    end
+  end
+  table.sort(all, function(a, b) if a.at ~= b.at then return a.at < b.at end return a._n < b._n end)
+  for _, e in ipairs(all) do e._n, e.at = nil, nil end
+  return all
+end
+
+-- What the outbox still holds (pending, unrouted, failed), or only status "pending"/"failed":
+-- { { id, topic, instance, payload, subscriber, status, attempts, next_at, last_error } }.
+function Env:outbox(status)
+  return assert(self.h:outbox { status = status })
+end
+
+-- Re-queues a message's failed deliveries (an operator's `wfhost outbox retry`), then runs.
+function Env:outbox_retry(id, subscriber)
+  local ok, err = self.h:outbox_retry(id, subscriber)
+  if not ok then error(err, 2) end
+  self:settle()
 end
 
 -- Outcomes (and ends) journaled so far, across the env's instances: progress made.
@@ -363,6 +456,7 @@ function Env:restart()
   local now = self.h:now()
   -- Calls held by mocks die with the host; the new host invokes those actions again.
   for _, m in pairs(self._mocks) do m._held, m._swallowed = {}, {} end
+  for _, m in pairs(self.subscribers) do m._held, m._swallowed = {}, {} end
   self.h:close()
   self.clock = now
   open(self)

@@ -532,12 +532,12 @@ int wf_snapshot(wf_host *h, const char *path);
 
 /* A schedule starts an instance of a workflow at each firing of a cron expression: five fields
  * (minute hour day-of-month month day-of-week) with `*`, lists, ranges, steps and names, or a
- * macro (@hourly, @daily, @weekly, @monthly, @yearly), in UTC or an IANA time zone (see
- * docs/patterns-schedules.md for the syntax and the daylight-saving rules). Schedules are
- * declared by workflow definitions (`schedule = ...`, written to the database when a host
- * starts) or added by operators with wf_schedule_add(). They are durable: each has a stored next
- * firing, and the instance of a firing is created in the same transaction that moves it on, so a
- * crash never starts a firing twice nor loses one.
+ * macro (@hourly, @daily, @weekly, @monthly, @yearly), in UTC or an IANA time zone (the syntax:
+ * docs/patterns.md "Cron syntax"; the daylight-saving rules: docs/lua-api.md "Schedules").
+ * Schedules are declared by workflow definitions (`schedule = ...`, written to the database when
+ * a host starts) or added by operators with wf_schedule_add(). They are durable: each has a
+ * stored next firing, and the instance of a firing is created in the same transaction that moves
+ * it on, so a crash never starts a firing twice nor loses one.
  *
  * The instance of a firing has the id "<schedule id>@<firing time>" (as
  * "nightly@2026-01-02T03:00:00Z", UTC) and as input the schedule's input object with a field

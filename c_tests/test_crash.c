@@ -27,7 +27,11 @@
  *   8. the outbox: a kill while a subscriber has the first of three committed messages in
  *      hand: after the restart that one is delivered again (at least once), the two the killed
  *      host never delivered are delivered once, all in emit order, and nothing is delivered
- *      before its emit is committed.
+ *      before its emit is committed;
+ *   9. child workflows: kills at random moments while a parent's six children run; at every
+ *      kill the parent's journaled `child` commands and the children in the store agree (a
+ *      child exists exactly when its start is committed), and in the end each child was
+ *      started once and the parent has all their results.
  *
  * Every invocation of the `record` action leaves a line "<key> <attempt> <params>" in a log
  * file (fsync'ed by the plugin before the action completes), so the test sees exactly which
@@ -1348,6 +1352,69 @@ out:
   scen_end(&s, "");
 }
 
+/* ---- scenario 9: child workflows ------------------------------------------------------ */
+
+#define NKIDS 6
+
+/* The parent's `child` entries and the children the store has agree at every commit. */
+static void check_children_match(scen *s, const char *parent, int *nkids) {
+  int started = test_count_history(s->cl, parent, "child", "steps");
+  wf_info *list;
+  size_t n = 0;
+  CHECK(wf_list(s->cl, NULL, "steps", 0, &list, &n) == WF_OK);
+  for (size_t i = 0; i < n; i++) {
+    CHECK(list[i].parent_id && !strcmp(list[i].parent_id, parent));
+    CHECK(test_count_history(s->cl, list[i].id, "started", NULL) <= 1);
+  }
+  if ((int)n != started) fail_msg("[%s] the parent journaled %d children, the store has %zu", s->name, started, n);
+  CHECK((int)n == started);
+  wf_info_list_free(list, n);
+  *nkids = started;
+}
+
+static int pred_some_kids(scen *s, void *arg) {
+  (void)arg;
+  return count_status(s, "running", "steps") >= 1;
+}
+
+static void scenario_children(unsigned seed) {
+  scen s;
+  scen_begin(&s, "children", "9 kills while children run");
+  char summary[160] = "";
+  int nkids = 0, kills = 0;
+  srand(seed);
+  if (!host_spawn(&s, 400) || !client_open(&s)) goto out;
+  client_start(&s, "family", "{\"n\":6}", "fam");
+  if (!wait_until(&s, pred_some_kids, NULL, DEADLINE_MS, "children of fam running")) goto out;
+  for (int k = 0; k < 3; k++) { /* kill at random moments, with actions slow */
+    sleep_ms(rand() % 700);
+    host_kill(&s);
+    kills++;
+    check_children_match(&s, "fam", &nkids);
+    if (!host_spawn(&s, k < 2 ? 400 : 0)) goto out;
+  }
+  status_arg done = {"fam", "completed"};
+  if (!wait_until(&s, pred_status, &done, DEADLINE_MS, "fam completed")) goto out;
+  check_output(&s, "fam", "\"total\":12");
+  check_children_match(&s, "fam", &nkids);
+  CHECK(nkids == NKIDS);
+  CHECK(count_status(&s, "completed", "steps") == NKIDS);
+  recs r = {0};
+  recs_load(&s, &r);
+  size_t idx[8];
+  char kid[32];
+  for (int i = 1; i <= NKIDS; i++) { /* each child's steps ran (again only if in flight at a kill) */
+    snprintf(kid, sizeof kid, "fam/%d", 2 * i); /* after the parent's record at seq 2i - 1 */
+    CHECK(test_count_history(s.cl, kid, "started", NULL) == 1);
+    for (int q = 1; q <= 2; q++) CHECK(recs_of(&r, kid, q, idx, 8) >= 1);
+  }
+  recs_free(&r);
+  snprintf(summary, sizeof summary, ": seed %u, %d kills, %d children each started once", seed, kills, nkids);
+  host_stop(&s);
+out:
+  scen_end(&s, summary);
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s WFHOST_BINARY CRASH_PLUGIN.so WORKFLOWS_DIR\n", argv[0]);
@@ -1372,5 +1439,6 @@ int main(int argc, char **argv) {
   scenario_backoff();
   scenario_patched();
   scenario_outbox();
+  scenario_children(seed);
   TEST_MAIN_END();
 }

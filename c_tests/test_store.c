@@ -94,10 +94,23 @@ static void test_open_and_reopen(void) {
   wf_store_close(NULL);
 }
 
+/* Takes a fresh database back to schema 5: drops what version 6 (children, runs) added. */
+static void drop_after_v5(const char *path) {
+  char out[64];
+  CHECK(raw_sql(path, "DROP INDEX instances_parent", out) == 0);
+  const char *const cols[] = {"parent_id", "parent_seq", "detached", "run"};
+  for (int i = 0; i < 4; i++) {
+    char sql[80];
+    snprintf(sql, sizeof sql, "ALTER TABLE instances DROP COLUMN %s", cols[i]);
+    CHECK(raw_sql(path, sql, out) == 0);
+  }
+}
+
 /* Takes a fresh database back to schema 2: drops what versions 3 (schedules), 4 (catalog
- * sources, progress) and 5 (the outbox) added. */
+ * sources, progress), 5 (the outbox) and 6 added. */
 static void drop_after_v2(const char *path) {
   char out[64];
+  drop_after_v5(path);
   CHECK(raw_sql(path, "DROP TABLE schedules", out) == 0);
   CHECK(raw_sql(path, "ALTER TABLE catalog DROP COLUMN source", out) == 0);
   CHECK(raw_sql(path, "ALTER TABLE instances DROP COLUMN progress", out) == 0);
@@ -180,11 +193,12 @@ static void test_outbox_store(void) {
   wf_store *st = open_fresh(path, sizeof path);
   wf_store_close(st);
   char out[64];
+  drop_after_v5(path);
   CHECK(raw_sql(path, "DROP TABLE outbox_deliveries", out) == 0);
   CHECK(raw_sql(path, "DROP TABLE outbox", out) == 0);
   CHECK(raw_sql(path, "PRAGMA user_version = 4", out) == 0);
   CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
-  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == 5);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
 
   const char *subs[] = {"a", "b"};
   wf_message_rec m = {.msg_id = "i:1:1", .instance_id = "i", .topic = "t.x", .payload = "{}", .at = 100};
@@ -837,6 +851,78 @@ static void test_schedules(void) {
   wf_store_close(st);
 }
 
+/* Children and runs: a child's link to its parent, unlinking, the unfinished children, an
+ * unconsumed event by name, a new run that clears the history and timers; a database of
+ * schema 5 gets the columns. */
+static char children_seen[256];
+static void note_child(void *ud, const char *id, int detached) {
+  (void)ud;
+  size_t n = strlen(children_seen);
+  snprintf(children_seen + n, sizeof children_seen - n, "%s%s;", id, detached ? "(d)" : "");
+}
+
+static void test_children_store(void) {
+  char path[256], out[64];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(insert(st, "old", "wf", "waiting", 5) == 1);
+  wf_store_close(st);
+  drop_after_v5(path);
+  CHECK(raw_sql(path, "PRAGMA user_version = 5", out) == 0);
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
+  wf_info *info = NULL;
+  CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && info->run == 1 && !info->parent_id);
+  wf_info_free(info);
+
+  CHECK(wf_store_begin(st) == WF_OK);
+  const char *ids[] = {"p/1", "p/2", "p/3"};
+  for (int i = 0; i < 3; i++) {
+    wf_instance_rec r = rec(ids[i], "kid", i == 2 ? "completed" : "pending", 10 + i);
+    r.parent_id = "p";
+    r.parent_seq = i + 1;
+    r.detached = i == 1;
+    int made = 0;
+    CHECK(wf_store_insert_instance(st, &r, &made) == WF_OK && made);
+  }
+  int64_t seq = -1;
+  CHECK(wf_store_parent_seq(st, "p/2", &seq) == WF_OK && seq == 2);
+  CHECK(wf_store_parent_seq(st, "old", &seq) == WF_OK && seq == 0);
+  CHECK(wf_store_parent_seq(st, "absent", &seq) == WF_OK && seq == 0);
+  children_seen[0] = 0;
+  CHECK(wf_store_each_child(st, "p", note_child, NULL) == WF_OK);
+  CHECK(!strcmp(children_seen, "p/1;p/2(d);")); /* p/3 has ended */
+  CHECK(wf_store_unlink_children(st, "p", 2) == WF_OK);
+  CHECK(wf_store_parent_seq(st, "p/2", &seq) == WF_OK && seq == 0);
+  CHECK(wf_store_parent_seq(st, "p/1", &seq) == WF_OK && seq == 1);
+  CHECK(wf_store_unlink_children(st, "p", 0) == WF_OK);
+  CHECK(wf_store_parent_seq(st, "p/1", &seq) == WF_OK && seq == 0);
+  CHECK(wf_store_get_instance(st, "p/1", &info) == WF_OK && info && info->parent_id &&
+        !strcmp(info->parent_id, "p")); /* the lineage stays */
+  wf_info_free(info);
+
+  int has = -1;
+  int64_t eid = 0;
+  CHECK(wf_store_add_event(st, "old", "\x1f" "cancel", "null", 20, &eid) == WF_OK);
+  CHECK(wf_store_has_event(st, "old", "\x1f" "cancel", &has) == WF_OK && has == 1);
+  CHECK(wf_store_has_event(st, "old", "go", &has) == WF_OK && has == 0);
+  CHECK(wf_store_consume_event(st, eid, 0) == WF_OK);
+  CHECK(wf_store_has_event(st, "old", "\x1f" "cancel", &has) == WF_OK && has == 0);
+
+  CHECK(wf_store_append_history(st, "old", 1, 0, "started", NULL, "{}", 1) == WF_OK);
+  CHECK(wf_store_add_timer(st, "old", 1, 500) == WF_OK);
+  CHECK(wf_store_new_run(st, "old", 2, "{\"n\":2}") == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  CHECK(wf_store_get_instance(st, "old", &info) == WF_OK && info && info->run == 2 &&
+        !strcmp(info->input_json, "{\"n\":2}"));
+  wf_info_free(info);
+  wf_history_entry *h = NULL;
+  size_t nh = 9;
+  CHECK(wf_store_load_history(st, "old", &h, &nh) == WF_OK && nh == 0);
+  wf_history_free(h, nh);
+  CHECK(raw_sql(path, "SELECT count(*) FROM timers WHERE instance_id = 'old'", out) == 0 && atoi(out) == 0);
+  wf_store_close(st);
+}
+
 int main(void) {
   test_open_and_reopen();
   test_schedules();
@@ -844,6 +930,7 @@ int main(void) {
   test_migration_from_v2();
   test_newer_schema_refused();
   test_outbox_store();
+  test_children_store();
   test_garbage_refused();
   test_insert_is_idempotent();
   test_update_get_list();

@@ -289,9 +289,8 @@ void wf_action_dispatch(wf_host *h, wf_instance *in, wf_pend *p) {
   if (p->key) {
     c->key = wf_strdup(p->key);
   } else {
-    char key[WF_ID_MAX + 32];
-    snprintf(key, sizeof key, "%s:%" PRId64, in->id, p->seq);
-    c->key = wf_strdup(key);
+    char key[WF_ID_MAX + 48];
+    c->key = wf_strdup(wf_default_key(in, p->seq, key, sizeof key));
   }
   c->deadline = now + p->pol.attempt_timeout_ms;
   if (p->pol.total_timeout_ms && p->first_at + p->pol.total_timeout_ms < c->deadline)

@@ -555,6 +555,7 @@ static void info_fields_free(wf_info *i) {
   free(i->error);
   free(i->waiting_for);
   free(i->progress_message);
+  free(i->parent_id);
 }
 
 void wf_info_free(wf_info *info) {

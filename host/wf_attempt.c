@@ -253,7 +253,7 @@ static int failed(wf_host *h, wf_instance *in, wf_pend *p, int64_t now, wf_outco
   if ((p->flags & WF_ACTION_AT_MOST_ONCE) && (cls == WF_OUTCOME_TIMEOUT || cls == WF_OUTCOME_LOST)) {
     char key[WF_ID_MAX + 600];
     if (p->key) snprintf(key, sizeof key, "%.580s", p->key);
-    else snprintf(key, sizeof key, "%s:%" PRId64, in->id, p->seq);
+    else wf_default_key(in, p->seq, key, sizeof key);
     char d[64];
     snprintf(d, sizeof d, "{\"attempt\":%d}", p->attempt);
     wf_attempt_journal(h, in, p->seq, "outcome_unknown", p->name, d);

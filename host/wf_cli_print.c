@@ -293,6 +293,9 @@ static void json_info_fields(FILE *f, const wf_info *in) {
   if (in->progress >= 0) fprintf(f, ",\"progress\":%.15g,\"progress_message\":", in->progress);
   else fputs(",\"progress\":null,\"progress_message\":", f);
   wf_cli_json_str(f, in->progress_message);
+  fputs(",\"parent\":", f);
+  wf_cli_json_str(f, in->parent_id);
+  fprintf(f, ",\"run\":%d", in->run);
   fputs(",\"created_at\":", f);
   json_time(f, in->created_at);
   fputs(",\"updated_at\":", f);
@@ -429,6 +432,12 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
   show_field("workflow:", wf);
   show_field("status:", in->status);
   show_field("state:", in->state ? in->state : "-");
+  if (in->parent_id) show_field("parent:", in->parent_id);
+  if (in->run > 1) {
+    char run[64];
+    snprintf(run, sizeof run, "%d (ctx:continue_as_new; the history is this run's)", in->run);
+    show_field("run:", run);
+  }
   if (in->progress >= 0) {
     char pct[16], line[400];
     fmt_percent(in->progress, pct);

@@ -171,6 +171,7 @@ void wf_instance_release(wf_host *h, wf_instance *in) {
   free(in->output);
   free(in->error);
   free(in->progress_msg);
+  free(in->parent_id);
   free(in->row_wait);
   free(in->dry_report);
   free(in->saga_msg);
@@ -451,17 +452,44 @@ static void event_arrived(wf_host *h, const char *id, int64_t event_id, const ch
                           const char *data, int64_t at) {
   if (event_id > h->last_event_id) h->last_event_id = event_id;
   wf_instance *in = get_or_stub(h, id);
+  if (!strcmp(name, WF_EVENT_CANCEL)) in->cancel_requested = 1; /* its parent ended, or cancelled it */
   int known = 0;
   for (wf_event *ev = in->inbox; ev && !known; ev = ev->next) known = ev->id == event_id;
   if (in->co && !known) inbox_append(in, event_id, name, data, at);
   wf_engine_ready(h, in);
 }
 
+const char *wf_run_key(const wf_instance *in, char *buf, size_t n) {
+  if (in->run <= 1) return in->id;
+  snprintf(buf, n, "%s~%d", in->id, in->run);
+  return buf;
+}
+
+const char *wf_default_key(const wf_instance *in, int64_t seq, char *buf, size_t n) {
+  char run[WF_ID_MAX + 16];
+  snprintf(buf, n, "%s:%" PRId64, wf_run_key(in, run, sizeof run), seq);
+  return buf;
+}
+
+int wf_engine_add_event(wf_host *h, const char *id, const char *name, const char *data) {
+  int64_t now = wf_now(h), eid = 0;
+  int rc = wf_store_add_event(h->st, id, name, data, now, &eid);
+  wf_engine_store_rc(h, rc);
+  if (rc == WF_OK) event_arrived(h, id, eid, name, data, now);
+  return rc;
+}
+
 int wf_engine_create(wf_host *h, const char *id, const char *workflow, int version, const char *input,
                      int *created) {
+  return wf_engine_create_child(h, id, workflow, version, input, NULL, 0, 0, created);
+}
+
+int wf_engine_create_child(wf_host *h, const char *id, const char *workflow, int version, const char *input,
+                           const char *parent_id, int64_t parent_seq, int detached, int *created) {
   int64_t now = wf_now(h);
   wf_instance_rec r = {.id = id, .workflow = workflow, .version = version, .status = "pending",
-                       .input = input, .data = "{}", .created_at = now, .updated_at = now};
+                       .input = input, .data = "{}", .created_at = now, .updated_at = now,
+                       .parent_id = parent_id, .parent_seq = parent_seq, .detached = detached};
   int made = 0;
   int rc = wf_store_insert_instance(h->st, &r, &made);
   wf_engine_store_rc(h, rc);
@@ -473,6 +501,8 @@ int wf_engine_create(wf_host *h, const char *id, const char *workflow, int versi
     in->data = wf_strdup("{}");
     in->status = in->row_status = WF_ST_PENDING;
     in->created_at = now;
+    in->parent_id = parent_id ? wf_strdup(parent_id) : NULL;
+    in->run = 1;
     in->loaded = 1;
     touch(h, in);
     wf_engine_ready(h, in);
@@ -484,18 +514,13 @@ int wf_engine_create(wf_host *h, const char *id, const char *workflow, int versi
 static void apply_submit(wf_host *h, wf_submit *s) {
   wf_instance *in;
   int rc = WF_OK;
-  int64_t now = wf_now(h);
   switch (s->kind) {
   case WF_SUB_START:
     rc = wf_engine_create(h, s->id, s->workflow, s->version, s->data, NULL);
     break;
-  case WF_SUB_SIGNAL: {
-    int64_t eid = 0;
-    rc = wf_store_add_event(h->st, s->id, s->name, s->data, now, &eid);
-    wf_engine_store_rc(h, rc);
-    if (rc == WF_OK) event_arrived(h, s->id, eid, s->name, s->data, now);
+  case WF_SUB_SIGNAL:
+    rc = wf_engine_add_event(h, s->id, s->name, s->data);
     break;
-  }
   case WF_SUB_CANCEL:
     in = get_or_stub(h, s->id);
     in->cancel_requested = 1;
@@ -592,6 +617,9 @@ static void describe_pend(const wf_pend *p, char *buf, size_t n) {
   case WF_PEND_SLEEP:
     wf_format_time(p->due, t);
     snprintf(buf, n, "timer until %s", t);
+    break;
+  case WF_PEND_CHILD:
+    snprintf(buf, n, "child %s", p->params);
     break;
   default:
     buf[0] = 0;

@@ -15,6 +15,7 @@
  *   wf_progress.c ctx:progress: an instance's progress, in its row
  *   wf_histsize.c the size of a history: the warning and the hard limit
  *   wf_outbox.c  the transactional outbox: ctx:emit, subscribers, the dispatcher
+ *   wf_child.c   child workflows: starting, signalling, cancelling, reporting to the parent
  *   wf_api.c     the public functions of wfhost.h
  * Nothing here is visible to users of the library.
  */
@@ -43,7 +44,12 @@ int wf_status_final(wf_status s);
 
 /* What a parked instance waits on: one command per thread (the main one, and the branches of
  * ctx:all / ctx:any). */
-typedef enum { WF_PEND_NONE, WF_PEND_ACTION, WF_PEND_WAIT, WF_PEND_SLEEP } wf_pend_kind;
+typedef enum { WF_PEND_NONE, WF_PEND_ACTION, WF_PEND_WAIT, WF_PEND_SLEEP, WF_PEND_CHILD } wf_pend_kind;
+
+/* Event names the host writes for itself (users' names have no control characters): a child's
+ * outcome for its parent (the prefix, then the child's id), and a cancellation request. */
+#define WF_EVENT_CHILD "\x1f" "child:"
+#define WF_EVENT_CANCEL "\x1f" "cancel"
 
 /* An unconsumed event in an instance's inbox (a copy of the durable row). */
 typedef struct wf_event {
@@ -102,8 +108,9 @@ typedef struct wf_pend {
   struct wf_pend *next;
   wf_pend_kind kind;
   int64_t seq;
-  char *name;       /* action name, or event names joined with '|' */
-  char *params;     /* action params (JSON) */
+  char *name;       /* action name, event names joined with '|', or a child's outcome event */
+  char *params;     /* action params (JSON), or a child's id */
+  int detached;     /* a child that outlives its parent */
   int64_t due;      /* sleep end or wait timeout, 0 if none; for an action, the attempt's
                        deadline while in flight, the retry's time while backing off */
   wf_call *call;    /* the action call in flight, if any */
@@ -140,6 +147,8 @@ struct wf_instance {
   int version;
   wf_status status;
   int64_t created_at;
+  char *parent_id;   /* a child workflow's parent, or NULL */
+  int run;           /* 1, then one more at each ctx:continue_as_new; 0 until the row is read */
 
   /* The live coroutine, anchored in the registry; co is NULL when not built. */
   lua_State *co;
@@ -435,6 +444,16 @@ void wf_engine_submit(wf_host *h, wf_submit *s);
  * *created (may be NULL) is 0 if the id existed, and nothing changed then. */
 int wf_engine_create(wf_host *h, const char *id, const char *workflow, int version, const char *input,
                      int *created);
+/* ... a child of parent_id, started by its command parent_seq. */
+int wf_engine_create_child(wf_host *h, const char *id, const char *workflow, int version, const char *input,
+                           const char *parent_id, int64_t parent_seq, int detached, int *created);
+/* The id that keys what a run makes (default action idempotency keys, child ids, outbox message
+ * ids): the instance id in its first run, "<id>~<run>" after ctx:continue_as_new. */
+const char *wf_run_key(const wf_instance *in, char *buf, size_t n);
+/* An action step's default idempotency key, "<run key>:<seq>", in buf (WF_ID_MAX + 48). */
+const char *wf_default_key(const wf_instance *in, int64_t seq, char *buf, size_t n);
+/* Adds an event to an instance's inbox in the open batch and wakes the instance. */
+int wf_engine_add_event(wf_host *h, const char *id, const char *name, const char *data);
 /* The start queued for id and not yet applied, or NULL. */
 wf_submit *wf_engine_queued_start(wf_host *h, const char *id);
 wf_instance *wf_engine_find(wf_host *h, const char *id);
@@ -589,6 +608,26 @@ void wf_histsize_free(wf_host *h);
 void wf_http_register(wf_host *h);
 /* Ends the requests in flight and frees the client; before wf_engine_shutdown(). */
 void wf_http_close(wf_host *h);
+
+/* ---- wf_child.c ---- */
+/* The parent's event name for a child's outcome, and the child command's journal data (malloc'd). */
+char *wf_child_event_name(const char *child_id);
+char *wf_child_record(const char *child_id, int detached);
+/* Starts a child in the open batch for the parent's command seq. Returns 0, or -1 with a
+ * message for the workflow in err (nothing written). */
+int wf_child_start(wf_host *h, wf_instance *parent, int64_t seq, const char *workflow, const char *input,
+                   const char *child_id, int detached, char *err, size_t errlen);
+/* Asks a child that has not ended to cancel (once); returns 1, or 0 if it has ended. */
+int wf_child_cancel(wf_host *h, const char *child_id);
+/* An event for a child that has not ended; returns 1 if sent, 0 if the child has ended. */
+int wf_child_signal(wf_host *h, const char *child_id, const char *event, const char *data);
+/* The parent's thread waiting for the child of p was cancelled: the child no longer reports to
+ * the parent, and is cancelled unless detached. */
+void wf_child_withdrawn(wf_host *h, wf_instance *parent, const wf_pend *p);
+/* The instance's run ends: its children stop reporting, attached ones are cancelled. */
+void wf_child_release(wf_host *h, wf_instance *in);
+/* The instance ended: as wf_child_release, and a child reports its outcome to its parent. */
+void wf_child_ended(wf_host *h, wf_instance *in);
 
 /* ---- wf_outbox.c ---- */
 /* note(_, "emit", topic, payload_json) from ctx:emit: writes the message in the open batch

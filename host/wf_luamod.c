@@ -709,6 +709,9 @@ static void push_info(lua_State *L, const wf_info *i) {
   lua_setfield(L, -2, "created_at");
   lua_pushinteger(L, i->updated_at);
   lua_setfield(L, -2, "updated_at");
+  set_str(L, "parent", i->parent_id);
+  lua_pushinteger(L, i->run);
+  lua_setfield(L, -2, "run");
   if (i->progress >= 0) {
     lua_pushnumber(L, i->progress);
     lua_setfield(L, -2, "progress");

@@ -20,12 +20,13 @@
 #include "wf_engine.h"
 
 /* History kinds that are commands (they take a sequence number) and outcomes. */
-static int is_command(const char *k) {
-  return !strcmp(k, "action") || !strcmp(k, "wait") || !strcmp(k, "sleep") || !strcmp(k, "now") ||
-         !strcmp(k, "random") || !strcmp(k, "uuid");
-}
 static int is_immediate(const char *k) {
-  return !strcmp(k, "now") || !strcmp(k, "random") || !strcmp(k, "uuid");
+  return !strcmp(k, "now") || !strcmp(k, "random") || !strcmp(k, "uuid") || !strcmp(k, "signal_child") ||
+         !strcmp(k, "cancel_child");
+}
+static int is_command(const char *k) {
+  return !strcmp(k, "action") || !strcmp(k, "wait") || !strcmp(k, "sleep") || !strcmp(k, "child") ||
+         is_immediate(k);
 }
 /* Outcomes the instance's threads receive, in the order the journal has them: "cancel" (at
  * seq 0) is the instance's cancellation reaching it ("cancelled" at a command's seq is how
@@ -33,7 +34,7 @@ static int is_immediate(const char *k) {
 static int is_delivered(const wf_history_entry *e) {
   const char *k = e->kind;
   return !strcmp(k, "action_result") || !strcmp(k, "action_error") || !strcmp(k, "event") ||
-         !strcmp(k, "timeout") || !strcmp(k, "timer_fired") || !strcmp(k, "cancel") ||
+         !strcmp(k, "timeout") || !strcmp(k, "timer_fired") || !strcmp(k, "child_ended") || !strcmp(k, "cancel") ||
          (!strcmp(k, "cancelled") && e->seq > 0);
 }
 /* What ends a command: its outcome, or its withdrawal by a cancelled thread. */
@@ -126,6 +127,7 @@ static void end_instance(wf_host *h, wf_instance *in, wf_status st, const char *
   in->error = error;
   in->row_dirty = 1;
   wf_engine_history(h, in, 0, kind, NULL, data);
+  wf_child_ended(h, in);
   for (wf_pend *p = in->pends; p; p = p->next) /* branches left behind */
     if (!p->replay && (p->due || p->kind == WF_PEND_ACTION))
       wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, p->seq));
@@ -178,6 +180,9 @@ static const char *describe_cmd(const char *kind, const char *name, char *buf, s
   if (!strcmp(kind, "action")) snprintf(buf, n, "action `%s`", name ? name : "?");
   else if (!strcmp(kind, "wait")) snprintf(buf, n, "wait for `%s`", name ? name : "?");
   else if (!strcmp(kind, "sleep")) snprintf(buf, n, "sleep");
+  else if (!strcmp(kind, "child")) snprintf(buf, n, "child workflow `%s`", name ? name : "?");
+  else if (!strcmp(kind, "signal_child") || !strcmp(kind, "cancel_child"))
+    snprintf(buf, n, "%s of child `%s`", kind + 7, name ? name : "?");
   else snprintf(buf, n, "ctx:%s()", kind);
   return buf;
 }
@@ -285,8 +290,10 @@ static int completion(wf_host *h, wf_instance *in) {
   lua_xmove(in->co, L, 1);
   lua_pushvalue(in->co, -1);
   lua_xmove(in->co, L, 1);
-  if (wf_lua_callmod(h, "completion", 2, 1) != 0) return -1;
-  if (lua_isstring(L, -1)) return 1;
+  if (wf_lua_callmod(h, "completion", 2, 2) != 0) return -1;
+  int next_run = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (lua_isstring(L, -1)) return next_run ? 2 : 1;
   lua_pop(L, 1);
   return 0;
 }
@@ -352,6 +359,44 @@ static void finish_saga(wf_host *h, wf_instance *in, int rc) {
   free(msg);
 }
 
+/* ctx:continue_as_new(input): this run ends, and the next starts from scratch under the same
+ * id with input and an empty history, in this batch. Takes input. */
+static void new_run(wf_host *h, wf_instance *in, char *input) {
+  if (in->replaying && (in->seq < in->replay_max_seq || next_recorded(in) >= 0)) {
+    diverged(h, in, in->seq + 1, "continues as new");
+  } else if (in->dry) { /* the history ends before it: the code agrees with all of it */
+    in->dry_done = 1;
+    wf_step_drop_coroutine(h, in);
+  } else if (strlen(input) > h->cfg.max_payload) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "ctx:continue_as_new(input): the input is %zu bytes; the limit is %zu (config max_payload)",
+             strlen(input), h->cfg.max_payload);
+    fail_with(h, in, msg);
+  } else {
+    in->replaying = 0;
+    wf_child_release(h, in);
+    wf_engine_store_rc(h, wf_store_new_run(h->st, in->id, in->run + 1, input));
+    wf_step_drop_coroutine(h, in); /* its branches' calls are abandoned */
+    in->run++;
+    free(in->input);
+    in->input = input;
+    free(in->state);
+    in->state = NULL;
+    free(in->data);
+    in->data = wf_strdup("{}");
+    free(in->progress_msg);
+    in->progress_msg = NULL;
+    in->has_progress = 0;
+    in->pos = in->seq = 0;
+    in->status = WF_ST_RUNNING;
+    in->row_dirty = 1;
+    wf_log(h, WF_LOG_INFO, in->id, NULL, "continued as new: run %d", in->run);
+    wf_engine_ready(h, in);
+    return;
+  }
+  free(input);
+}
+
 static void finish(wf_host *h, wf_instance *in, int rc) {
   lua_State *co = in->co;
   if (in->saga_msg) {
@@ -366,6 +411,10 @@ static void finish(wf_host *h, wf_instance *in, int rc) {
     if (c != 0) { /* ctx:complete: the value, or why it cannot be stored */
       out = wf_strdup(lua_tostring(h->L, -1));
       lua_pop(h->L, 1);
+      if (c == 2) { /* ctx:continue_as_new: the next run's input */
+        new_run(h, in, out);
+        return;
+      }
       if (c < 0) {
         fail_with(h, in, out);
         free(out);
@@ -481,6 +530,17 @@ static int push_recorded(lua_State *co, const wf_history_entry *e) {
     lua_pushstring(co, e->data_json);
     return 3;
   }
+  if (!strcmp(k, "child_ended")) {
+    lua_pushliteral(co, "child");
+    lua_pushstring(co, e->name);
+    lua_pushstring(co, e->data_json ? e->data_json : "{}");
+    return 3;
+  }
+  if (!strcmp(k, "signal_child") || !strcmp(k, "cancel_child")) {
+    lua_pushliteral(co, "value");
+    lua_pushboolean(co, e->data_json && strstr(e->data_json, "\"delivered\":true") != NULL);
+    return 2;
+  }
   if (!strcmp(k, "timeout")) { lua_pushliteral(co, "timeout"); return 1; }
   if (!strcmp(k, "timer_fired")) { lua_pushliteral(co, "fired"); return 1; }
   if (!strcmp(k, "cancelled")) { lua_pushliteral(co, "cancelled"); return 1; }
@@ -568,6 +628,17 @@ static int outcome_of(wf_host *h, wf_instance *in, wf_pend *p) {
     lua_pushliteral(co, "timeout");
     return 1;
   }
+  case WF_PEND_CHILD: {
+    wf_event *ev = wf_inbox_take(in, p->name);
+    if (!ev) return 0;
+    wf_engine_history(h, in, p->seq, "child_ended", p->params, ev->data);
+    wf_engine_store_rc(h, wf_store_consume_event(h->st, ev->id, p->seq));
+    lua_pushliteral(co, "child");
+    lua_pushstring(co, p->params);
+    lua_pushstring(co, ev->data);
+    wf_event_free(ev);
+    return 3;
+  }
   case WF_PEND_SLEEP:
     if (p->due > wf_now(h)) return 0;
     wf_engine_history(h, in, p->seq, "timer_fired", NULL, NULL);
@@ -639,11 +710,20 @@ static void withdraw(wf_host *h, wf_instance *in, int64_t seq) {
       wf_pend_remove(in, p);
     return;
   }
-  wf_engine_history(h, in, seq, "withdrawn", p->name, NULL);
+  wf_engine_history(h, in, seq, "withdrawn", p->kind == WF_PEND_CHILD ? p->params : p->name, NULL);
+  if (p->kind == WF_PEND_CHILD) wf_child_withdrawn(h, in, p);
   if (p->due || p->kind == WF_PEND_ACTION) /* a sleep, a timeout, a retry's backoff */
     wf_engine_store_rc(h, wf_store_delete_timer(h->st, in->id, seq));
   wf_attempt_cancel(h, in, p); /* a call in flight is abandoned: its outcome will be ignored */
   wf_pend_remove(in, p);
+}
+
+/* The instance waits for the outcome of the child it started with command seq. */
+static void child_pend(wf_instance *in, int64_t seq, const char *child_id, int detached) {
+  wf_pend *p = wf_pend_add(in, WF_PEND_CHILD, seq);
+  p->params = wf_strdup(child_id);
+  p->name = wf_child_event_name(child_id);
+  p->detached = detached;
 }
 
 /* Handles one yield of the main thread (see wf_ctx.lua): a command, a block for the next
@@ -693,10 +773,27 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
                           : NULL;
   int bad_opts = action && wf_attempt_opts(action, co, nres >= 4 && lua_istable(co, -nres + 3) ? -nres + 3 : 0,
                                            &opts, operr, sizeof operr) != 0;
+  /* A child's opts.id and opts.detached; a signal's opts.event. */
+  int is_child = !strcmp(kind, "child"), detached = 0;
+  char *opt = NULL;
+  if ((is_child || !strcmp(kind, "signal_child")) && nres >= 4 && lua_istable(co, -nres + 3)) {
+    int t = lua_absindex(co, -nres + 3);
+    if (lua_getfield(co, t, is_child ? "id" : "event") == LUA_TSTRING) opt = wf_strdup(lua_tostring(co, -1));
+    lua_getfield(co, t, "detached");
+    detached = lua_toboolean(co, -1);
+    lua_pop(co, 2);
+  }
   lua_pop(co, nres);
   int64_t seq = ++in->seq;
   int n = -1;
   char buf[600];
+  char cid[WF_ID_MAX + 48]; /* a child's id: opts.id, or "<run key>/<seq>" */
+  if (is_child && opt) {
+    snprintf(cid, sizeof cid, "%s", opt);
+  } else if (is_child) {
+    char run[WF_ID_MAX + 16];
+    snprintf(cid, sizeof cid, "%s/%" PRId64, wf_run_key(in, run, sizeof run), seq);
+  }
 
   if (!is_command(kind)) {
     n = raise_in(co, "wfhost: unknown command");
@@ -717,6 +814,16 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
       diverged(h, in, seq, buf);
       goto done;
     }
+    if (is_child) { /* the same child: its id and whether it is detached */
+      char *rec = wf_child_record(cid, detached);
+      same = e->data_json && !strcmp(e->data_json, rec);
+      free(rec);
+      if (!same) {
+        snprintf(buf, sizeof buf, "starts it as %.300s%s", cid, detached ? " (detached)" : "");
+        diverged(h, in, seq, buf);
+        goto done;
+      }
+    }
     if (in->out_at[seq] >= 0) {
       const wf_history_entry *out = &in->hist[in->out_at[seq]];
       if (is_immediate(out->kind)) {
@@ -725,6 +832,8 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
       }
       /* Its outcome (or its withdrawal) comes in journal order. */
       wf_pend_add(in, WF_PEND_NONE, seq)->replay = 1;
+    } else if (is_child) { /* still running: its outcome comes to the inbox */
+      child_pend(in, seq, cid, detached);
     } else {
       if (bad_opts) { /* the code now passes options that make no valid policy */
         wf_step_suspend(h, in, "ctx.actions.%s(params, opts) at step %" PRId64 ": %s. Fix the workflow, then run "
@@ -797,6 +906,42 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
       wf_engine_store_rc(h, wf_store_add_timer(h->st, in->id, seq, due));
       wf_pend_add(in, WF_PEND_SLEEP, seq)->due = due;
       wf_engine_add_timer(h, in, seq, due);
+    } else if (is_child) {
+      if (arglen > h->cfg.max_payload) {
+        snprintf(buf, sizeof buf, "the input of child workflow '%s' is %zu bytes; the limit is %zu (config max_payload)",
+                 name, arglen, h->cfg.max_payload);
+        n = raise_in(co, buf);
+        in->seq--;
+        goto done;
+      }
+      if (wf_child_start(h, in, seq, name, arg ? arg : "null", cid, detached, buf, sizeof buf) != 0) {
+        char msg[720];
+        snprintf(msg, sizeof msg, "ctx:child(\"%.100s\"): %.590s", name, buf);
+        n = raise_in(co, msg);
+        in->seq--;
+        goto done;
+      }
+      char *rec = wf_child_record(cid, detached);
+      wf_engine_history(h, in, seq, "child", name, rec);
+      free(rec);
+      child_pend(in, seq, cid, detached);
+    } else if (!strcmp(kind, "signal_child") || !strcmp(kind, "cancel_child")) {
+      int sent;
+      char *ev = NULL;
+      if (kind[0] == 's') {
+        sent = wf_child_signal(h, name, opt ? opt : "", arg ? arg : "null");
+        ev = wf_json_quote(opt ? opt : "");
+      } else {
+        sent = wf_child_cancel(h, name);
+      }
+      snprintf(buf, sizeof buf, "{%s%s%s\"delivered\":%s}", ev ? "\"event\":" : "", ev ? ev : "", ev ? "," : "",
+               sent ? "true" : "false");
+      free(ev);
+      wf_engine_history(h, in, seq, kind, name, buf);
+      lua_pushliteral(co, "value");
+      lua_pushboolean(co, sent);
+      n = 2;
+      goto done;
     } else if (!strcmp(kind, "now")) {
       snprintf(buf, sizeof buf, "%" PRId64, now);
       wf_engine_history(h, in, seq, "now", NULL, buf);
@@ -828,6 +973,10 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
     lua_pushliteral(co, "pending");
     lua_pushinteger(co, seq);
     n = 2;
+    if (is_child) {
+      lua_pushstring(co, cid);
+      n = 3;
+    }
     goto done;
   }
   in->fast_seq = seq;
@@ -843,6 +992,7 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
   }
 done:
   wf_call_opts_free(&opts);
+  free(opt);
   free(name);
   free(arg);
   return n;
@@ -915,6 +1065,8 @@ static int load_row(wf_host *h, wf_instance *in) {
     in->progress = info->progress;
     in->progress_msg = wf_strdup(info->progress_message);
     in->created_at = info->created_at;
+    in->parent_id = wf_strdup(info->parent_id);
+    in->run = info->run;
     in->loaded = 1;
     wf_info_free(info);
   }
@@ -949,6 +1101,17 @@ static int load_journal(wf_host *h, wf_instance *in) {
   return wf_engine_load_inbox(h, in);
 }
 
+/* Takes the cancellation requests in the inbox (a parent's, wf_child.c): the instance is
+ * cancelled in this batch, which consumes them with it. */
+static void take_cancel(wf_host *h, wf_instance *in) {
+  wf_event *ev;
+  while (in->inbox && (ev = wf_inbox_take(in, WF_EVENT_CANCEL))) {
+    wf_engine_store_rc(h, wf_store_consume_event(h->st, ev->id, 0));
+    wf_event_free(ev);
+    in->cancel_requested = 1;
+  }
+}
+
 /* Builds the coroutine and runs it from the start, replaying the history. */
 static void build(wf_host *h, wf_instance *in) {
   lua_State *L = h->L;
@@ -972,6 +1135,7 @@ static void build(wf_host *h, wf_instance *in) {
     wf_step_free_replay(in);
     return;
   }
+  if (!in->dry) take_cancel(h, in);
   if (in->cancel_requested && (in->is_new || in->status == WF_ST_SUSPENDED)) {
     /* Nothing runs to receive the cancellation: the instance ends here. */
     in->cancel_requested = 0;
@@ -1085,6 +1249,7 @@ static int deliver(wf_host *h, wf_instance *in) {
 
 void wf_step_advance(wf_host *h, wf_instance *in) {
   if (!in->co) build(h, in);
+  else if (in->inbox) take_cancel(h, in);
   if (in->co && in->nignored) {
     for (size_t i = 0; i < in->nignored; i++) wf_engine_history(h, in, in->ignored[i], "ignored", NULL, NULL);
     in->nignored = 0;

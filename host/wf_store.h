@@ -32,7 +32,7 @@
 typedef struct wf_store wf_store;
 
 /* The schema version this build writes. A database with a higher one is refused. */
-#define WF_STORE_SCHEMA_VERSION 5
+#define WF_STORE_SCHEMA_VERSION 6
 
 /* Opens or creates the database, applying migrations. On failure *out may still be set
  * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
@@ -77,6 +77,11 @@ typedef struct wf_instance_rec {
   int has_progress;        /* ctx:progress was called: progress and progress_message apply */
   double progress;         /* 0 to 100 */
   const char *progress_message; /* NULL allowed */
+  /* A child workflow (insert only): its parent, the parent's command that started it, and
+   * whether it outlives the parent. parent_id NULL: not a child. */
+  const char *parent_id;
+  int64_t parent_seq;
+  int detached;
 } wf_instance_rec;
 
 /* Inserts a new instance. *created is 1 if inserted, 0 if the id already existed (nothing
@@ -239,5 +244,18 @@ int wf_store_list_deliveries(wf_store *st, const char *status, int limit, wf_sto
  * with no attempt counted, due at `at`; *n (may be NULL) gets how many. */
 int wf_store_requeue_deliveries(wf_store *st, const char *msg_id, const char *subscriber, int64_t at,
                                 int *n /* OUT */);
+
+/* Child workflows and runs. parent_seq: the parent's command that waits for the child, 0 once
+ * it no longer does (or for an instance that is not a child). */
+int wf_store_parent_seq(wf_store *st, const char *id, int64_t *seq /* OUT */);
+/* The children of parent_id stop reporting to it: those started by command seq, or all (0). */
+int wf_store_unlink_children(wf_store *st, const char *parent_id, int64_t seq);
+/* Calls fn for every unfinished child of parent_id (not completed, failed or cancelled). */
+typedef void (*wf_store_child_fn)(void *ud, const char *id, int detached);
+int wf_store_each_child(wf_store *st, const char *parent_id, wf_store_child_fn fn, void *ud);
+/* *has: 1 if the instance has an unconsumed event of that name. */
+int wf_store_has_event(wf_store *st, const char *id, const char *name, int *has /* OUT */);
+/* ctx:continue_as_new: the instance's next run, with its input; its history and timers go. */
+int wf_store_new_run(wf_store *st, const char *id, int run, const char *input);
 
 #endif /* WF_STORE_H */

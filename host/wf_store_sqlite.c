@@ -81,6 +81,14 @@ static const char *const migrations[] = {
     "  status TEXT NOT NULL, attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, last_error TEXT,"
     "  updated_at INTEGER NOT NULL, PRIMARY KEY (subscriber, ord)) WITHOUT ROWID;"
     "CREATE INDEX outbox_deliveries_ord ON outbox_deliveries (ord);",
+    /* 6: child workflows and continue-as-new. A child's parent, the parent's command that
+     * started it (0 once the parent no longer waits for it) and whether it outlives the
+     * parent; the run of an instance (1, then one more at each ctx:continue_as_new). */
+    "ALTER TABLE instances ADD COLUMN parent_id TEXT;"
+    "ALTER TABLE instances ADD COLUMN parent_seq INTEGER;"
+    "ALTER TABLE instances ADD COLUMN detached INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE instances ADD COLUMN run INTEGER NOT NULL DEFAULT 1;"
+    "CREATE INDEX instances_parent ON instances (parent_id) WHERE parent_id IS NOT NULL;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
@@ -100,6 +108,7 @@ enum {
   S_PUT_BREAKER, S_EACH_BREAKER,
   S_PUT_SCHEDULE, S_ADVANCE_SCHEDULE, S_DELETE_SCHEDULE, S_EACH_SCHEDULE,
   S_EACH_CATALOG, S_ACTIVE_VERSIONS,
+  S_PARENT_SEQ, S_UNLINK_CHILDREN, S_EACH_CHILD, S_HAS_EVENT, S_NEW_RUN, S_CLEAR_HISTORY, S_CLEAR_TIMERS,
   S_ADD_MESSAGE, S_ADD_DELIVERY, S_EACH_UNROUTED, S_SET_ROUTED, S_NEXT_DELIVERIES,
   S_UPDATE_DELIVERY, S_DELETE_DELIVERY, S_DELETE_MESSAGE, S_LIST_DELIVERIES, S_REQUEUE,
   S_COUNT
@@ -108,7 +117,7 @@ enum {
 /* The columns read into a wf_info, in the order info_fill() expects. */
 #define INFO_COLS \
   "SELECT id, workflow, version, status, state, input, data, output, error, waiting_for, " \
-  "created_at, updated_at, progress, progress_message FROM instances "
+  "created_at, updated_at, progress, progress_message, parent_id, run FROM instances "
 #define NEWEST_FIRST " ORDER BY created_at DESC, id DESC LIMIT ?3"
 
 /* each_instance takes at most this many statuses (there are seven). */
@@ -121,8 +130,8 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_DATA_VERSION] = "PRAGMA data_version",
     [S_INSERT_INSTANCE] =
         "INSERT INTO instances (id, workflow, version, status, state, input, data, output, "
-        "error, waiting_for, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-        "?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
+        "error, waiting_for, created_at, updated_at, parent_id, parent_seq, detached) VALUES (?1, ?2, "
+        "?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT (id) DO NOTHING",
     [S_UPDATE_INSTANCE] = "UPDATE instances SET status = ?2, state = ?3, data = ?4, output = ?5, "
                           "error = ?6, waiting_for = ?7, updated_at = ?8, version = ?9, progress = ?10, "
                           "progress_message = ?11 WHERE id = ?1",
@@ -190,6 +199,15 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ACTIVE_VERSIONS] = "SELECT workflow, version, count(*) FROM instances "
                           "WHERE status IN ('pending', 'running', 'waiting', 'suspended') "
                           "GROUP BY workflow, version ORDER BY workflow, version",
+    [S_PARENT_SEQ] = "SELECT coalesce(max(parent_seq), 0) FROM instances WHERE id = ?1",
+    [S_UNLINK_CHILDREN] = "UPDATE instances SET parent_seq = 0 WHERE parent_id = ?1 AND parent_seq > 0 "
+                          "AND (?2 = 0 OR parent_seq = ?2)",
+    [S_EACH_CHILD] = "SELECT id, detached FROM instances WHERE parent_id = ?1 "
+                     "AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY created_at, id",
+    [S_HAS_EVENT] = "SELECT count(*) FROM inbox WHERE instance_id = ?1 AND name = ?2 AND consumed_seq IS NULL",
+    [S_NEW_RUN] = "UPDATE instances SET run = ?2, input = ?3 WHERE id = ?1",
+    [S_CLEAR_HISTORY] = "DELETE FROM history WHERE instance_id = ?1",
+    [S_CLEAR_TIMERS] = "DELETE FROM timers WHERE instance_id = ?1",
     [S_ADD_MESSAGE] = "INSERT INTO outbox (msg_id, instance_id, topic, payload, created_at, routed) "
                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (msg_id) DO NOTHING",
     [S_ADD_DELIVERY] = "INSERT INTO outbox_deliveries (subscriber, ord, status, attempts, next_at, updated_at) "
@@ -346,7 +364,8 @@ static char *col_dup(sqlite3_stmt *s, int c, int *nomem) {
 static void info_clear(void *elem) {
   wf_info *i = elem;
   char *fields[] = {i->id,        i->workflow,    i->status, i->state,       i->input_json,
-                    i->data_json, i->output_json, i->error,  i->waiting_for, i->progress_message};
+                    i->data_json, i->output_json, i->error,  i->waiting_for, i->progress_message,
+                    i->parent_id};
   for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) free(fields[k]);
 }
 
@@ -369,6 +388,8 @@ static int info_fill(sqlite3_stmt *s, void *elem) {
   i->updated_at = sqlite3_column_int64(s, 11);
   i->progress = sqlite3_column_type(s, 12) == SQLITE_NULL ? -1 : sqlite3_column_double(s, 12);
   i->progress_message = col_dup(s, 13, &nomem);
+  i->parent_id = col_dup(s, 14, &nomem);
+  i->run = sqlite3_column_int(s, 15);
   if (nomem) info_clear(i);
   return nomem ? -1 : 0;
 }
@@ -700,9 +721,10 @@ int wf_store_changed(wf_store *st) {
 }
 
 int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created) {
-  int code = exec_stmt(st, S_INSERT_INSTANCE, "insert instance", "ttitttttttII", r->id,
+  int code = exec_stmt(st, S_INSERT_INSTANCE, "insert instance", "ttitttttttIItIi", r->id,
                        r->workflow, r->version, r->status, r->state, r->input, r->data,
-                       r->output, r->error, r->waiting_for, r->created_at, r->updated_at);
+                       r->output, r->error, r->waiting_for, r->created_at, r->updated_at,
+                       r->parent_id, r->parent_seq, r->detached);
   if (created) *created = code == WF_OK && sqlite3_changes(st->db) > 0;
   return code;
 }
@@ -1081,5 +1103,49 @@ int wf_store_list_deliveries(wf_store *st, const char *status, int limit, wf_sto
 int wf_store_requeue_deliveries(wf_store *st, const char *msg_id, const char *subscriber, int64_t at, int *n) {
   int code = exec_stmt(st, S_REQUEUE, "requeue outbox deliveries", "ttI", msg_id, subscriber, at);
   if (n) *n = code == WF_OK ? sqlite3_changes(st->db) : 0;
+  return code;
+}
+
+/* ---- child workflows and runs ----------------------------------------------------------- */
+
+int wf_store_parent_seq(wf_store *st, const char *id, int64_t *seq) {
+  const char *op = "read parent link";
+  sqlite3_stmt *s = st->stmt[S_PARENT_SEQ];
+  int code = bind(st, s, op, "t", id);
+  return code == WF_OK ? query_ints(st, s, op, 1, seq) : code;
+}
+
+int wf_store_unlink_children(wf_store *st, const char *parent_id, int64_t seq) {
+  return exec_stmt(st, S_UNLINK_CHILDREN, "unlink children", "tI", parent_id, seq);
+}
+
+int wf_store_each_child(wf_store *st, const char *parent_id, wf_store_child_fn fn, void *ud) {
+  const char *op = "read children";
+  sqlite3_stmt *s = st->stmt[S_EACH_CHILD];
+  int code = bind(st, s, op, "t", parent_id);
+  if (code != WF_OK) return code;
+  row *rows;
+  size_t n;
+  code = read_rows(st, s, op, &rows, &n);
+  if (code != WF_OK) return code;
+  for (size_t i = 0; i < n; i++) fn(ud, TEXT(rows[i], 0), (int)INT(rows[i], 1));
+  rows_free(rows, n);
+  return WF_OK;
+}
+
+int wf_store_has_event(wf_store *st, const char *id, const char *name, int *has) {
+  const char *op = "look for an event";
+  sqlite3_stmt *s = st->stmt[S_HAS_EVENT];
+  int64_t n = 0;
+  int code = bind(st, s, op, "tt", id, name);
+  if (code == WF_OK) code = query_ints(st, s, op, 1, &n);
+  *has = n > 0;
+  return code;
+}
+
+int wf_store_new_run(wf_store *st, const char *id, int run, const char *input) {
+  int code = exec_stmt(st, S_NEW_RUN, "start a new run", "tit", id, run, input);
+  if (code == WF_OK) code = exec_stmt(st, S_CLEAR_HISTORY, "clear history", "t", id);
+  if (code == WF_OK) code = exec_stmt(st, S_CLEAR_TIMERS, "clear timers", "t", id);
   return code;
 }

@@ -465,6 +465,8 @@ typedef struct wf_info {
   int64_t updated_at;
   double progress;    /* 0 to 100 as last set by ctx:progress, or -1 if it never was */
   char *progress_message; /* its message, or NULL */
+  char *parent_id;    /* the instance that started this one with ctx:child / ctx:start_child, or NULL */
+  int run;            /* 1, and one more after each ctx:continue_as_new (the history is the run's) */
 } wf_info;
 
 typedef struct wf_history_entry {

@@ -291,6 +291,14 @@ local function outcome(name, st, a, b)
     e.action = name
     error(new_error(e), 0)
   end
+  if st == "child" then -- a child workflow ended: a = its id, b = {status, output | error}
+    local e = decode(b)
+    if e.status == "completed" then return e.output end
+    local first = type(e.error) == "string" and smatch(e.error, "^[^\n]*") or tostring(e.error)
+    error(new_error { code = e.status == "cancelled" and "child_cancelled" or "child_failed",
+      message = sformat("child workflow '%s' (%s) %s: %s", tostring(name), a, e.status, first),
+      retryable = false, child = a, workflow = name, detail = e.error }, 0)
+  end
   if st == "cancelled" then error(M.cancelled_error(), 0) end
   if st == "raise" then error(a, 4) end
   error("wfhost: unexpected resume status " .. tostring(st))
@@ -309,7 +317,8 @@ Sched.__index = Sched
 local function new_scope(parent) return { parent = parent, threads = {}, open = 0 } end
 
 local function new_sched()
-  local S = setmetatable({ waiting = {}, runq = {}, qhead = 1, qtail = 0, nthreads = 0, saga = {} }, Sched)
+  local S = setmetatable({ waiting = {}, runq = {}, qhead = 1, qtail = 0, nthreads = 0, saga = {},
+    mailbox = {}, nhandles = 0 }, Sched)
   S.root = new_scope(nil)
   return S
 end
@@ -350,7 +359,10 @@ end
 function Sched:route(seq, ...)
   if seq == 0 then return self:cancel_scope(self.root) end
   local T = self.waiting[seq]
-  if not T then return end -- withdrawn in the same step: C journals it as ignored
+  if not T then -- a child's outcome before its handle asks for it, or withdrawn in the same step
+    if self.mailbox[seq] == false then self.mailbox[seq] = pack(...) end
+    return
+  end
   self.waiting[seq], T.wait = nil, nil
   self:wake(T, ...)
 end
@@ -457,7 +469,7 @@ local function command(kind, name, arg, opts)
   local S = rawget(T, "S")
   if S and S.complete then error(S.complete, 0) end
   if rawget(T, "cancel") then check_cancel(T) end
-  if T.main and (S == nil or S.nthreads == 0) then -- the common case: one thread, one round trip
+  if T.main and (S == nil or (S.nthreads == 0 and S.nhandles == 0)) then -- the common case: one round trip
     local issued, seq, st, a, b = yield(kind, name, arg, opts)
     if mtype(issued) ~= "integer" then
       local v, why = outcome(name, issued, seq, st) -- not tail calls: a raise names the workflow's line
@@ -789,6 +801,115 @@ function Ctx:shield(fn)
   return unpack(r, 2, r.n)
 end
 
+---------------------------------------------------------------------------------------------
+-- Child workflows
+---------------------------------------------------------------------------------------------
+local child_opts = { id = "string", detached = "boolean" }
+
+-- Checks ctx:child / ctx:start_child arguments; returns the input as JSON and the options.
+local function child_args(what, workflow, input, opts)
+  if type(workflow) ~= "string" or not smatch(workflow, "^[%w_%.%-]+$") or #workflow > 128 then
+    error(sformat("%s(workflow, input, opts): workflow must be a workflow name, got %s", what,
+      type(workflow) == "string" and sformat("%q", workflow) or type(workflow)), 3)
+  end
+  local ok, s = pcall(json.encode, input == nil and json.null or input)
+  if not ok then error(sformat("%s(\"%s\", input): the input cannot be stored as JSON: %s", what, workflow, s), 3) end
+  if opts ~= nil then
+    if type(opts) ~= "table" then error(sformat("%s(workflow, input, opts): opts must be a table", what), 3) end
+    for k, v in next, opts do
+      if child_opts[k] == nil then
+        error(sformat("%s: unknown option '%s' (id, detached)", what, tostring(k)), 3)
+      elseif type(v) ~= child_opts[k] then
+        error(sformat("%s: opts.%s must be a %s, got %s", what, k, child_opts[k], type(v)), 3)
+      end
+    end
+  end
+  return s, opts
+end
+
+-- Starts a child workflow and waits for its result: its output, or an error child_failed /
+-- child_cancelled. The child is cancelled if this thread is (unless detached).
+function Ctx:child(workflow, input, opts)
+  local s, o = child_args("ctx:child", workflow, input, opts)
+  local out = command("child", workflow, s, o) -- not a tail call: errors need this frame
+  return out
+end
+
+local ChildHandle = {}
+ChildHandle.__index = ChildHandle
+ChildHandle.__metatable = false
+
+-- Starts a child workflow and returns its handle at once: handle.id, handle:result(),
+-- handle:signal(event, data), handle:cancel().
+function Ctx:start_child(workflow, input, opts)
+  local s, o = child_args("ctx:start_child", workflow, input, opts)
+  local T = thread_of()
+  if T == nil then error("ctx commands can only be used while a workflow runs", 2) end
+  local S = T.S
+  if S.complete then error(S.complete, 0) end
+  if rawget(T, "cancel") then check_cancel(T) end
+  local st, seq, id
+  if T.main then st, seq, id = yield("child", workflow, s, o, "issue")
+  else st, seq, id = yield("issue", "child", workflow, s, o) end
+  if st ~= "pending" then outcome(workflow, st, seq, id) end -- raises
+  S.mailbox[seq] = false
+  S.nhandles = S.nhandles + 1
+  return setmetatable({ id = id, workflow = workflow, _seq = seq, _S = S }, ChildHandle)
+end
+
+-- Waits for the child's end: its output, or raises child_failed / child_cancelled. Asked
+-- again, it answers the same.
+function ChildHandle:result()
+  local r = rawget(self, "_r")
+  if not r then
+    local T = thread_of()
+    if T == nil then error("handle:result() can only be used while a workflow runs", 2) end
+    local S = self._S
+    if S.complete then error(S.complete, 0) end
+    if rawget(T, "cancel") then check_cancel(T) end
+    local seq = self._seq
+    local got = S.mailbox[seq]
+    if not got then got = pack(S:await(T, seq)) end
+    S.mailbox[seq] = nil
+    S.nhandles = S.nhandles - 1
+    r = pack(pcall(outcome, self.workflow, got[1], got[2], got[3]))
+    if got[1] == "cancelled" then -- this thread was cancelled while it waited: the child is let go
+      r = pack(false, M.cancelled_error())
+    end
+    self._r = r
+  end
+  if not r[1] then error(r[2], 0) end
+  return r[2]
+end
+
+-- Sends the child an event, as `wfhost signal` would; false if the child has ended.
+function ChildHandle:signal(event, data)
+  check_name("handle:signal(event, data): the event name", event, 2)
+  local ok, s = pcall(json.encode, data == nil and json.null or data)
+  if not ok then error("handle:signal(event, data): the data cannot be stored as JSON: " .. s, 2) end
+  local sent = command("signal_child", self.id, s, { event = event })
+  return sent
+end
+
+-- Asks the child to cancel; false if it has ended. Its result() then raises child_cancelled
+-- (unless the child finished first).
+function ChildHandle:cancel()
+  local sent = command("cancel_child", self.id)
+  return sent
+end
+
+-- Ends this run and starts the next from scratch under the same instance id, with input and
+-- a fresh history: a workflow that loops forever keeps a bounded history. Branches still
+-- running are cancelled, attached children too; no compensation runs.
+function Ctx:continue_as_new(input)
+  local ok, s = pcall(json.encode, input == nil and json.null or input)
+  if not ok then error("ctx:continue_as_new(input): the input cannot be stored as JSON: " .. s, 2) end
+  local T = thread_of()
+  if T == nil then error("ctx:continue_as_new can only be used while a workflow runs", 2) end
+  T.S.complete = setmetatable({ continue = s }, Complete)
+  error(T.S.complete, 0)
+end
+
 -- Registers a compensation: if the instance fails or is cancelled, the registered
 -- compensations run in reverse order (shielded) before it ends.
 function Ctx:compensate(fn)
@@ -903,7 +1024,10 @@ function M.main(run, ctx, input_json)
   local T = thread_of()
   local out = run(ctx, decode(input_json))
   local S = rawget(T, "S")
-  if S and S.complete then out = S.complete.value end
+  if S and S.complete then
+    if S.complete.continue then error(S.complete, 0) end -- caught by the workflow: go on anyway
+    out = S.complete.value
+  end
   local ok, s = pcall(json.encode, out == nil and json.null or out)
   if not ok then
     error("the workflow returned a value that cannot be stored as JSON: " .. s, 0)
@@ -911,11 +1035,13 @@ function M.main(run, ctx, input_json)
   return s
 end
 
--- ctx:complete(value) unwound the instance: its value as JSON (raises if it cannot be encoded).
+-- ctx:complete(value) unwound the instance: its value as JSON (raises if it cannot be encoded);
+-- or ctx:continue_as_new(input) did: the next run's input as JSON, and true.
 function M.completion(co, err)
   local T = threads[co]
   local S = T and rawget(T, "S")
   if not (S and S.complete) then return nil end
+  if S.complete.continue then return S.complete.continue, true end
   local ok, s = pcall(json.encode, S.complete.value)
   if not ok then error("ctx:complete(value): the value cannot be stored as JSON: " .. s, 0) end
   return s

@@ -376,7 +376,7 @@ end
 
 -- Outcomes (and ends) journaled so far, across the env's instances: progress made.
 local progress_kinds = { action_result = true, action_error = true, event = true, timeout = true,
-  timer_fired = true, cancel = true, withdrawn = true, compensation = true, completed = true, failed = true,
+  timer_fired = true, child_ended = true, cancel = true, withdrawn = true, compensation = true, completed = true, failed = true,
   cancelled = true, suspended = true }
 local function progress(env)
   local n = 0

@@ -209,10 +209,10 @@ static int name_in(const char *name, const char *names) {
   return 0;
 }
 
-wf_event *wf_inbox_take(wf_instance *in, const char *names) {
+static wf_event *inbox_take(wf_instance *in, const char *names, int exact) {
   for (wf_event **pp = &in->inbox; *pp; pp = &(*pp)->next) {
     wf_event *ev = *pp;
-    if (!name_in(ev->name, names)) continue;
+    if (exact ? strcmp(ev->name, names) != 0 : !name_in(ev->name, names)) continue;
     *pp = ev->next;
     if (in->inbox_tail == &ev->next) in->inbox_tail = pp;
     ev->next = NULL;
@@ -220,6 +220,9 @@ wf_event *wf_inbox_take(wf_instance *in, const char *names) {
   }
   return NULL;
 }
+
+wf_event *wf_inbox_take(wf_instance *in, const char *names) { return inbox_take(in, names, 0); }
+wf_event *wf_inbox_take_exact(wf_instance *in, const char *name) { return inbox_take(in, name, 1); }
 
 static void load_event(void *ud, const wf_event_rec *ev) {
   inbox_append(ud, ev->event_id, ev->name, ev->data, ev->at);
@@ -459,15 +462,15 @@ static void event_arrived(wf_host *h, const char *id, int64_t event_id, const ch
   wf_engine_ready(h, in);
 }
 
-const char *wf_run_key(const wf_instance *in, char *buf, size_t n) {
-  if (in->run <= 1) return in->id;
-  snprintf(buf, n, "%s~%d", in->id, in->run);
+const char *wf_run_suffix(const wf_instance *in, char buf[16]) {
+  if (in->run <= 1) return "";
+  snprintf(buf, 16, "@%d", in->run);
   return buf;
 }
 
 const char *wf_default_key(const wf_instance *in, int64_t seq, char *buf, size_t n) {
-  char run[WF_ID_MAX + 16];
-  snprintf(buf, n, "%s:%" PRId64, wf_run_key(in, run, sizeof run), seq);
+  char run[16];
+  snprintf(buf, n, "%s:%" PRId64 "%s", in->id, seq, wf_run_suffix(in, run));
   return buf;
 }
 

@@ -447,10 +447,11 @@ int wf_engine_create(wf_host *h, const char *id, const char *workflow, int versi
 /* ... a child of parent_id, started by its command parent_seq. */
 int wf_engine_create_child(wf_host *h, const char *id, const char *workflow, int version, const char *input,
                            const char *parent_id, int64_t parent_seq, int detached, int *created);
-/* The id that keys what a run makes (default action idempotency keys, child ids, outbox message
- * ids): the instance id in its first run, "<id>~<run>" after ctx:continue_as_new. */
-const char *wf_run_key(const wf_instance *in, char *buf, size_t n);
-/* An action step's default idempotency key, "<run key>:<seq>", in buf (WF_ID_MAX + 48). */
+/* What ends the keys a run makes (default action idempotency keys, child ids, outbox message
+ * ids): "" in the first run, "@<run>" after ctx:continue_as_new. Read from the right, a key
+ * "<id>:<seq>@<run>" cannot be another instance's or another run's. */
+const char *wf_run_suffix(const wf_instance *in, char buf[16]);
+/* An action step's default idempotency key, "<id>:<seq>[@<run>]", in buf (WF_ID_MAX + 48). */
 const char *wf_default_key(const wf_instance *in, int64_t seq, char *buf, size_t n);
 /* Adds an event to an instance's inbox in the open batch and wakes the instance. */
 int wf_engine_add_event(wf_host *h, const char *id, const char *name, const char *data);
@@ -487,6 +488,8 @@ int wf_pend_has_call(const wf_instance *in);
 void wf_instance_release(wf_host *h, wf_instance *in);
 /* Takes the oldest inbox event matching one of the '|'-joined names, or NULL. */
 wf_event *wf_inbox_take(wf_instance *in, const char *names);
+/* ... the oldest event named exactly name (which may hold a '|'). */
+wf_event *wf_inbox_take_exact(wf_instance *in, const char *name);
 void wf_event_free(wf_event *ev);
 /* Delivered by wf_action.c when a call completes; takes the outcome's strings. */
 void wf_engine_call_done(wf_host *h, wf_call *c, wf_outcome_rec *o);

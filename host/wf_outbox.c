@@ -181,8 +181,8 @@ int wf_outbox_emit(wf_host *h, wf_instance *in, lua_State *L) {
     in->emit_n = 0;
   }
   in->emit_n++;
-  char id[WF_ID_MAX + 64], run[WF_ID_MAX + 16];
-  snprintf(id, sizeof id, "%s:%" PRId64 ":%d", wf_run_key(in, run, sizeof run), in->seq, in->emit_n);
+  char id[WF_ID_MAX + 64], run[16];
+  snprintf(id, sizeof id, "%s:%" PRId64 ":%d%s", in->id, in->seq, in->emit_n, wf_run_suffix(in, run));
   wf_outbox *ob = h->outbox;
   if (!in->replaying && !in->dry && ob) {
     size_t n;

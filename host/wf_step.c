@@ -388,6 +388,7 @@ static void new_run(wf_host *h, wf_instance *in, char *input) {
     in->progress_msg = NULL;
     in->has_progress = 0;
     in->pos = in->seq = 0;
+    in->version = 0; /* the next run starts on the newest loaded version */
     in->status = WF_ST_RUNNING;
     in->row_dirty = 1;
     wf_log(h, WF_LOG_INFO, in->id, NULL, "continued as new: run %d", in->run);
@@ -629,7 +630,7 @@ static int outcome_of(wf_host *h, wf_instance *in, wf_pend *p) {
     return 1;
   }
   case WF_PEND_CHILD: {
-    wf_event *ev = wf_inbox_take(in, p->name);
+    wf_event *ev = wf_inbox_take_exact(in, p->name); /* a child id may hold a '|' */
     if (!ev) return 0;
     wf_engine_history(h, in, p->seq, "child_ended", p->params, ev->data);
     wf_engine_store_rc(h, wf_store_consume_event(h->st, ev->id, p->seq));
@@ -787,12 +788,12 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
   int64_t seq = ++in->seq;
   int n = -1;
   char buf[600];
-  char cid[WF_ID_MAX + 48]; /* a child's id: opts.id, or "<run key>/<seq>" */
+  char cid[WF_ID_MAX + 48]; /* a child's id: opts.id, or "<id>/<seq>[@<run>]" */
   if (is_child && opt) {
     snprintf(cid, sizeof cid, "%s", opt);
   } else if (is_child) {
-    char run[WF_ID_MAX + 16];
-    snprintf(cid, sizeof cid, "%s/%" PRId64, wf_run_key(in, run, sizeof run), seq);
+    char run[16];
+    snprintf(cid, sizeof cid, "%s/%" PRId64 "%s", in->id, seq, wf_run_suffix(in, run));
   }
 
   if (!is_command(kind)) {
@@ -926,6 +927,13 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
       free(rec);
       child_pend(in, seq, cid, detached);
     } else if (!strcmp(kind, "signal_child") || !strcmp(kind, "cancel_child")) {
+      if (arglen > h->cfg.max_payload) {
+        snprintf(buf, sizeof buf, "handle:signal(event, data): the data is %zu bytes; the limit is %zu (config max_payload)",
+                 arglen, h->cfg.max_payload);
+        n = raise_in(co, buf);
+        in->seq--;
+        goto done;
+      }
       int sent;
       char *ev = NULL;
       if (kind[0] == 's') {
@@ -1105,7 +1113,7 @@ static int load_journal(wf_host *h, wf_instance *in) {
  * cancelled in this batch, which consumes them with it. */
 static void take_cancel(wf_host *h, wf_instance *in) {
   wf_event *ev;
-  while (in->inbox && (ev = wf_inbox_take(in, WF_EVENT_CANCEL))) {
+  while (in->inbox && (ev = wf_inbox_take_exact(in, WF_EVENT_CANCEL))) {
     wf_engine_store_rc(h, wf_store_consume_event(h->st, ev->id, 0));
     wf_event_free(ev);
     in->cancel_requested = 1;

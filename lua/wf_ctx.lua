@@ -762,6 +762,11 @@ function Ctx:any(fns, opts)
   end
   sc.on_done = function(B)
     if sc.settled then return end
+    if not B.ok and S.complete and rawequal(B.value, S.complete) then -- ctx:complete, continue_as_new
+      sc.settled = true
+      S:cancel_scope(sc)
+      return
+    end
     if B.ok then
       winners[#winners + 1] = { index = B.index, result = B.value }
       if #winners == want then settle() end
@@ -774,6 +779,7 @@ function Ctx:any(fns, opts)
   if cancel then join(T, sc) else
     if not sc.settled then join(T, sc) end
   end
+  if S.complete then error(S.complete, 0) end
   check_cancel(T)
   if #winners < want then
     local last = failures[#failures]
@@ -851,6 +857,7 @@ function Ctx:start_child(workflow, input, opts)
   local st, seq, id
   if T.main then st, seq, id = yield("child", workflow, s, o, "issue")
   else st, seq, id = yield("issue", "child", workflow, s, o) end
+  if st == "raise" then error((sgsub(seq, "^ctx:child%(", "ctx:start_child(")), 2) end
   if st ~= "pending" then outcome(workflow, st, seq, id) end -- raises
   S.mailbox[seq] = false
   S.nhandles = S.nhandles + 1
@@ -869,14 +876,28 @@ function ChildHandle:result()
     if rawget(T, "cancel") then check_cancel(T) end
     local seq = self._seq
     local got = S.mailbox[seq]
-    if not got then got = pack(S:await(T, seq)) end
-    S.mailbox[seq] = nil
-    S.nhandles = S.nhandles - 1
-    r = pack(pcall(outcome, self.workflow, got[1], got[2], got[3]))
-    if got[1] == "cancelled" then -- this thread was cancelled while it waited: the child is let go
-      r = pack(false, M.cancelled_error())
+    if not got and S.waiting[seq] then -- another thread waits for it already: wait for that one
+      local ws = rawget(self, "_waiters") or {}
+      self._waiters = ws
+      ws[#ws + 1] = T
+      if T.main then S:run_main(T) else yield("wait") end
+      check_cancel(T)
+      r = self._r
+    else
+      if not got then got = pack(S:await(T, seq)) end
+      S.mailbox[seq] = nil
+      S.nhandles = S.nhandles - 1
+      r = pack(pcall(outcome, self.workflow, got[1], got[2], got[3]))
+      if got[1] == "cancelled" then -- this thread was cancelled while it waited: the child is let go
+        r = pack(false, M.cancelled_error())
+      end
+      self._r = r
+      local ws = rawget(self, "_waiters")
+      if ws then
+        self._waiters = nil
+        for i = 1, #ws do S:wake(ws[i], "joined") end
+      end
     end
-    self._r = r
   end
   if not r[1] then error(r[2], 0) end
   return r[2]

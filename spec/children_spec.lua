@@ -114,6 +114,38 @@ describe("child workflows #children", function()
     assert.are.same({ alone = true }, out.free.output)
   end)
 
+  it("lets two threads wait on one handle", function()
+    local out = wt.check_restarts({ workflows = FIX, actions = double }, function(e)
+      e:start("parent", { mode = "two_waiters" }, "tw")
+      assert.are.equal("completed", e:run("tw"):status())
+    end)
+    assert.are.same({ a = 10, b = 10 }, out.tw.output)
+  end)
+
+  it("matches a child's outcome by its exact id, even one with a '|'", function()
+    local out = wt.check_restarts({ workflows = FIX }, function(e)
+      e:start("parent", { mode = "pipe_id" }, "pp")
+      e:run("pp"):signal("Go", { from = "person" })
+      assert.are.equal("completed", e:run("pp"):status())
+    end)
+    assert.are.same({ own = { from = "person" }, child = { from = "parent" } }, out.pp.output)
+  end)
+
+  it("raises start_child's errors at the workflow's line, under its own name", function()
+    env = wt.env { workflows = FIX }
+    local run = env:start("parent", { mode = "bad_start" }, "bs")
+    local err = run:output().err
+    assert.matches('parent.lua:%d+: ctx:start_child%("nosuch"%): no workflow named \'nosuch\' is loaded', err)
+  end)
+
+  it("refuses a signal over max_payload", function()
+    env = wt.env { workflows = FIX, max_payload = 2000 }
+    local run = env:start("parent", { mode = "big_signal", size = 3000 }, "bg")
+    assert.are.equal(false, run:output().ok)
+    assert.matches("handle:signal(event, data): the data is 3011 bytes; the limit is 2000 (config max_payload)",
+      run:output().err, 1, true)
+  end)
+
   it("refuses a child id that exists, and an unknown workflow, with a clear error", function()
     env = wt.env { workflows = FIX }
     env:start("waiter", nil, "taken")
@@ -149,5 +181,16 @@ describe("ctx:continue_as_new #children", function()
     local h = run:history()
     assert.are.equal("started", h[1].kind)
     assert.are.equal(1, kinds(run, "event")) -- only this run's: the seventh tick
+  end)
+
+  it("ends the run from a ctx:any branch at once; a later run's keys carry its number", function()
+    local out = wt.check_restarts({ workflows = FIX }, function(e)
+      e:start("looper", { race = 2 }, "lr")
+      e:advance("1s")
+      e:advance("1s")
+      assert.are.equal("completed", e:run("lr"):status())
+    end)
+    assert.are.same({ total = 2, child = "lr/1@3" }, out.lr.output)
+    assert.are.equal("cancelled", out["lr/1@3"].status)
   end)
 end)

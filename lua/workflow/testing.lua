@@ -239,7 +239,7 @@ local function open(env)
     db = env.db, workflows = env.workflows, virtual_time = true, now = env.clock,
     seed = env.seed, log_level = env.log_level,
     instruction_budget = env.instruction_budget, memory_limit = env.memory_limit,
-    history_warn = env.history_warn, history_limit = env.history_limit,
+    history_warn = env.history_warn, history_limit = env.history_limit, max_payload = env.max_payload,
   }
   if not h then error("workflow.testing: " .. tostring(err), 3) end
   env.h = h
@@ -273,7 +273,7 @@ end
 
 -- wt.env { workflows = "workflows", actions = { name = fn }, plugins = { "x.so" },
 --          now = ms since epoch, seed = n, log_level = "warn",
---          history_warn = n, history_limit = n }
+--          history_warn = n, history_limit = n, max_payload = bytes }
 function M.env(opts)
   opts = opts or {}
   local env = setmetatable({
@@ -281,7 +281,7 @@ function M.env(opts)
     clock = opts.now or 1700000000000, seed = opts.seed or 1, log_level = opts.log_level or "none",
     instruction_budget = opts.instruction_budget, memory_limit = opts.memory_limit, runs = {},
     restart_every_step = opts.restart_every_step, restarts = 0,
-    history_warn = opts.history_warn, history_limit = opts.history_limit,
+    history_warn = opts.history_warn, history_limit = opts.history_limit, max_payload = opts.max_payload,
   }, Env)
   env.t0 = env.clock
   local mocks = {}
@@ -527,7 +527,8 @@ local function deep_equal(a, b)
   return true
 end
 
-local command_kinds = { action = true, wait = true, sleep = true, now = true, random = true, uuid = true }
+local command_kinds = { action = true, wait = true, sleep = true, now = true, random = true, uuid = true,
+  child = true, signal_child = true, cancel_child = true }
 local function outcome_of(env)
   local out = {}
   for _, info in ipairs(assert(env.h:list())) do

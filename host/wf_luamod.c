@@ -233,24 +233,40 @@ static lcall *check_call(lua_State *L) {
 
 /* An error value fails the call: a table { type = (or code =), message =, retryable =,
  * retry_after = ms } or a string (a permanent "error"). */
-static void fail_from_value(lua_State *L, wf_call *c, int idx) {
+/* The type (its `type`, or its `code`) and message of an error value: a table, or a string
+ * (type "error"). Pushes both (strings or nil) for as long as they are used; returns 1 if the
+ * value was a table. */
+static int error_fields(lua_State *L, int idx, const char **type, const char **msg) {
   idx = lua_absindex(L, idx);
-  if (lua_istable(L, idx)) {
+  int is_table = lua_istable(L, idx);
+  if (is_table) {
     if (lua_getfield(L, idx, "type") == LUA_TNIL) {
       lua_pop(L, 1);
       lua_getfield(L, idx, "code");
     }
     lua_getfield(L, idx, "message");
+  } else {
+    lua_pushnil(L);
+    lua_pushvalue(L, idx);
+  }
+  *type = lua_tostring(L, -2) ? lua_tostring(L, -2) : "error";
+  *msg = lua_tostring(L, -1) ? lua_tostring(L, -1) : is_table ? "" : "error";
+  return is_table;
+}
+
+static void fail_from_value(lua_State *L, wf_call *c, int idx) {
+  idx = lua_absindex(L, idx);
+  const char *type, *msg;
+  if (error_fields(L, idx, &type, &msg)) {
     lua_getfield(L, idx, "retryable");
     lua_getfield(L, idx, "retry_after");
-    const char *type = lua_tostring(L, -4) ? lua_tostring(L, -4) : "error";
-    const char *msg = lua_tostring(L, -3) ? lua_tostring(L, -3) : "";
     if (lua_isinteger(L, -1) && lua_toboolean(L, -2)) wf_call_fail_after(c, type, msg, lua_tointeger(L, -1));
     else wf_call_fail(c, type, msg, lua_toboolean(L, -2) ? WF_TRANSIENT : WF_PERMANENT);
-    lua_pop(L, 4);
+    lua_pop(L, 2);
   } else {
-    wf_call_fail(c, "error", lua_tostring(L, idx) ? lua_tostring(L, idx) : "error", WF_PERMANENT);
+    wf_call_fail(c, type, msg, WF_PERMANENT);
   }
+  lua_pop(L, 2);
 }
 
 /* call:ok(result) */
@@ -430,18 +446,10 @@ static ldelivery *check_delivery(lua_State *L) {
 
 /* An error value fails the delivery: { type = (or code =), message = } or a string. */
 static void fail_delivery(lua_State *L, wf_delivery *d, int idx) {
-  idx = lua_absindex(L, idx);
-  if (lua_istable(L, idx)) {
-    if (lua_getfield(L, idx, "type") == LUA_TNIL) {
-      lua_pop(L, 1);
-      lua_getfield(L, idx, "code");
-    }
-    lua_getfield(L, idx, "message");
-    wf_delivery_fail(d, lua_tostring(L, -2) ? lua_tostring(L, -2) : "error", lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
-    lua_pop(L, 2);
-  } else {
-    wf_delivery_fail(d, "error", lua_tostring(L, idx) ? lua_tostring(L, idx) : "error");
-  }
+  const char *type, *msg;
+  error_fields(L, idx, &type, &msg);
+  wf_delivery_fail(d, type, msg);
+  lua_pop(L, 2);
 }
 
 /* delivery:ok() */

@@ -106,7 +106,8 @@ static void cancel_attached(void *ud, const char *id, int detached) {
 /* The instance ended, or its run did: it stops waiting for its children, and the attached
  * ones that still run are cancelled. */
 void wf_child_release(wf_host *h, wf_instance *in) {
-  if (in->dry) return;
+  if (in->dry || !in->has_children) return; /* most instances start none: no query */
+  in->has_children = 0;
   wf_engine_store_rc(h, wf_store_unlink_children(h->st, in->id, 0));
   wf_engine_store_rc(h, wf_store_each_child(h->st, in->id, cancel_attached, h));
 }

@@ -208,6 +208,8 @@ struct wf_instance {
   unsigned in_lru : 1;
   unsigned dry : 1;              /* a replay check: nothing is written, nothing is invoked */
   unsigned has_progress : 1;     /* ctx:progress was called (progress is in the row) */
+  unsigned has_children : 1;     /* this run started a child (issued or replayed): its end
+                                    must look for children to cancel */
 
   wf_instance *ready_next;
   wf_instance *lru_prev, *lru_next;

@@ -788,6 +788,7 @@ static int command(wf_host *h, wf_instance *in, int nres, int *delivered) {
   int64_t seq = ++in->seq;
   int n = -1;
   char buf[600];
+  if (is_child) in->has_children = 1; /* live or replayed: the run has (or may have) a child */
   char cid[WF_ID_MAX + 48]; /* a child's id: opts.id, or "<id>/<seq>[@<run>]" */
   if (is_child && opt) {
     snprintf(cid, sizeof cid, "%s", opt);
@@ -1145,8 +1146,10 @@ static void build(wf_host *h, wf_instance *in) {
   }
   if (!in->dry) take_cancel(h, in);
   if (in->cancel_requested && (in->is_new || in->status == WF_ST_SUSPENDED)) {
-    /* Nothing runs to receive the cancellation: the instance ends here. */
+    /* Nothing runs to receive the cancellation: the instance ends here (cancelling the
+     * children its history started). */
     in->cancel_requested = 0;
+    for (size_t i = 0; i < in->nhist && !in->has_children; i++) in->has_children = !strcmp(in->hist[i].kind, "child");
     if (in->is_new) wf_engine_history(h, in, 0, "started", NULL, in->input ? in->input : "null");
     in->is_new = 0;
     wf_log(h, WF_LOG_INFO, in->id, NULL, "cancelled");

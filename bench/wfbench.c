@@ -672,8 +672,10 @@ static int bench_park(long long n) {
   int rc = run_phase("park-setup", n, dirc);
   if (rc != 0) die("park setup failed (%d)", rc);
   long long dbsize = file_size(db), walsize = file_size(wal);
-  printf("  database %.1f MB (+ WAL %.1f MB) = %.0f bytes per parked instance\n", (double)dbsize / 1048576.0,
-         (double)walsize / 1048576.0, (double)(dbsize + walsize) / (double)n);
+  /* The host closed cleanly, so the WAL was checkpointed into the database: what is left of it
+   * is the file the host keeps reserved (16 MiB), not data. */
+  printf("  database %.1f MB = %.0f bytes per parked instance (+ WAL file %.1f MB, reserved)\n",
+         (double)dbsize / 1048576.0, (double)dbsize / (double)n, (double)walsize / 1048576.0);
   int rc2 = run_phase("park-restart", n, dirc);
   kvset s = kv_read(dirc, "setup"), r = kv_read(dirc, "restart");
   remove_tmpdir(dirc);
@@ -690,8 +692,9 @@ static int bench_park(long long n) {
   jnum(j, "setup_s", kv(&s, "setup_s"), 3);
   jnum(j, "setup_per_s", (double)n / kv(&s, "setup_s"), 0);
   jnum(j, "setup_peak_rss_mb", kv(&s, "setup_peak_rss_mb"), 1);
-  jnum(j, "db_mb", (double)(dbsize + walsize) / 1048576.0, 1);
-  jnum(j, "db_bytes_per_instance", (double)(dbsize + walsize) / (double)n, 0);
+  jnum(j, "db_mb", (double)dbsize / 1048576.0, 1);
+  jnum(j, "wal_mb", (double)walsize / 1048576.0, 1);
+  jnum(j, "db_bytes_per_instance", (double)dbsize / (double)n, 0);
   jnum(j, "ready_s", kv(&r, "ready_s"), 4);
   jnum(j, "ready_rss_mb", kv(&r, "ready_rss_mb"), 1);
   jnum(j, "restart_peak_rss_mb", kv(&r, "peak_rss_mb"), 1);

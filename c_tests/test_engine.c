@@ -497,15 +497,11 @@ static void test_disk_full(void) {
   CHECK(done_count == 1 && done_failed == 0);
   CHECK(!strcmp(status_of(h, "fill-ok"), "waiting"));
 
-  /* No more room: every write past the current size of the files fails (EFBIG). */
+  /* No more room: every write past the end of the log fails (EFBIG). */
   signal(SIGXFSZ, SIG_IGN);
   struct rlimit old, lim;
   getrlimit(RLIMIT_FSIZE, &old);
-  struct stat st;
-  char wal[160];
-  snprintf(wal, sizeof wal, "%s-wal", db);
-  off_t size = stat(wal, &st) == 0 ? st.st_size : 0;
-  lim.rlim_cur = (rlim_t)size + 4096;
+  lim.rlim_cur = (rlim_t)test_wal_log_end(db) + 4096;
   lim.rlim_max = old.rlim_max;
   setrlimit(RLIMIT_FSIZE, &lim);
   done_count = done_failed = 0;

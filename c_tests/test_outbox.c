@@ -234,12 +234,9 @@ static void test_failed_commit(void) {
   signal(SIGXFSZ, SIG_IGN);
   struct rlimit old, lim;
   getrlimit(RLIMIT_FSIZE, &old);
-  char wal[300];
-  db_path("txn", wal, sizeof wal - 5);
-  strcat(wal, "-wal");
-  struct stat st;
-  off_t size = stat(wal, &st) == 0 ? st.st_size : 0;
-  lim.rlim_cur = (rlim_t)size + 4096;
+  char db[300];
+  db_path("txn", db, sizeof db);
+  lim.rlim_cur = (rlim_t)test_wal_log_end(db) + 4096;
   lim.rlim_max = old.rlim_max;
   setrlimit(RLIMIT_FSIZE, &lim);
   wf_call_ok(gate_call, "{}");

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -923,6 +924,71 @@ static void test_children_store(void) {
   wf_store_close(st);
 }
 
+static long long file_size(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? (long long)sb.st_size : -1;
+}
+
+/* The host's store keeps its WAL at 16 MiB of allocated blocks, so that commits overwrite
+ * instead of growing the file: a log several times the reserve's size written one commit at
+ * a time, checkpointed as the engine does, never grows the file, and all of it is there after a
+ * reopen. A store that cannot reserve (the file size limit stands in for a full disk) still
+ * opens, with its WAL as it was. Not in durability NORMAL, which syncs at checkpoints only. */
+static void test_wal_reserve(void) {
+  char path[256], wal[300], out[64];
+  wf_store *st = open_fresh(path, sizeof path);
+  snprintf(wal, sizeof wal, "%s-wal", path);
+  long long before = file_size(wal);
+  CHECK(before >= 0 && before < (16 << 20));
+  CHECK(wf_store_lock_host(st) == WF_OK);
+  CHECK(file_size(wal) == (16 << 20));
+  char *input = malloc(3 * 4096 + 3);
+  memset(input, 'y', 3 * 4096 + 2);
+  input[0] = input[3 * 4096 + 1] = '"';
+  input[3 * 4096 + 2] = '\0';
+  int ok = 1;
+  for (int i = 0; i < 3000 && ok; i++) { /* about 5 frames each: 15,000 frames in all */
+    char id[32];
+    snprintf(id, sizeof id, "w%04d", i);
+    wf_instance_rec r = rec(id, "wf", "pending", i);
+    r.input = input;
+    int created = 0;
+    ok = wf_store_begin(st) == WF_OK && wf_store_insert_instance(st, &r, &created) == WF_OK && created &&
+         wf_store_commit(st) == WF_OK && wf_store_checkpoint(st, 0, NULL) == WF_OK &&
+         file_size(wal) == (16 << 20);
+  }
+  CHECK(ok);
+  free(input);
+  wf_store_close(st);
+  CHECK(raw_sql(path, "SELECT count(*) FROM instances WHERE length(input) = 3 * 4096 + 2", out) == 0);
+  CHECK(!strcmp(out, "3000"));
+
+  st = open_fresh(path, sizeof path); /* a new directory */
+  snprintf(wal, sizeof wal, "%s-wal", path);
+  before = file_size(wal);
+  struct rlimit saved, small;
+  getrlimit(RLIMIT_FSIZE, &saved);
+  small = saved;
+  small.rlim_cur = 1 << 20;
+  signal(SIGXFSZ, SIG_IGN);
+  CHECK(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  CHECK(wf_store_lock_host(st) == WF_OK);
+  setrlimit(RLIMIT_FSIZE, &saved);
+  signal(SIGXFSZ, SIG_DFL);
+  CHECK(file_size(wal) == before);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(insert(st, "after", "wf", "pending", 1) == 1);
+  CHECK(wf_store_commit(st) == WF_OK);
+  wf_store_close(st);
+
+  snprintf(path, sizeof path, "%s/normal.db", test_tmpdir());
+  CHECK(wf_store_open(path, WF_DURABILITY_NORMAL, &st) == WF_OK);
+  CHECK(wf_store_lock_host(st) == WF_OK);
+  snprintf(wal, sizeof wal, "%s-wal", path);
+  CHECK(file_size(wal) < (16 << 20));
+  wf_store_close(st);
+}
+
 int main(void) {
   test_open_and_reopen();
   test_schedules();
@@ -942,6 +1008,7 @@ int main(void) {
   test_catalog();
   test_active_versions();
   test_lock_host();
+  test_wal_reserve();
   test_commit_and_rollback();
   test_commit_failure();
   test_failure_inside_transaction();

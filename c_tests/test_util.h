@@ -90,6 +90,23 @@ static inline void test_write_file(const char *dir, const char *name, const char
   }
 }
 
+/* Where the log in db's WAL ends: the offset of the first frame whose header is zeros (the host
+ * reserves its WAL with zeros past the log, so a full disk is simulated by a file size limit
+ * at this offset, not at the file's size). For a WAL not yet restarted, as in a test. */
+static inline long long test_wal_log_end(const char *db) {
+  char path[512];
+  snprintf(path, sizeof path, "%s-wal", db);
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  long long off = 32;
+  unsigned char hdr[24];
+  while (fseek(f, off, SEEK_SET) == 0 && fread(hdr, 1, sizeof hdr, f) == sizeof hdr &&
+         (hdr[0] | hdr[1] | hdr[2] | hdr[3]))
+    off += 24 + 4096;
+  fclose(f);
+  return off;
+}
+
 /* Opens a host on db with cfg and loads the workflows of dir, reporting failures as checks. */
 static inline wf_host *test_open_host(const char *db, const wf_config *cfg, const char *dir) {
   wf_host *h;

@@ -244,6 +244,7 @@ struct wf_store {
   int64_t data_version;        /* PRAGMA data_version as last seen by wf_store_changed() */
   sqlite3_stmt *stmt[S_COUNT]; /* all NULL until open has migrated the schema */
   int wal_frames;              /* frames in the WAL after the last commit (the host's own) */
+  int sync_commits;            /* a file in WAL mode, durability FULL: each commit fsyncs the WAL */
   int in_txn;                  /* between wf_store_begin and its commit or rollback */
   char errmsg[4608];           /* the last failure; room for a path of PATH_MAX */
 };
@@ -584,6 +585,7 @@ int wf_store_open(const char *path, wf_durability durability, wf_store **out) {
     sqlite3_sleep(10);
   }
   if (rc != SQLITE_OK) return open_failed(st, rc);
+  st->sync_commits = !strcmp(mode, "wal") && durability == WF_DURABILITY_FULL;
   if (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0)
     return set_err(st, WF_IO, "cannot use WAL mode on database %s (journal mode stays %s)", path,
                    mode);
@@ -610,6 +612,9 @@ int wf_store_open(const char *path, wf_durability durability, wf_store **out) {
 
 void wf_store_close(wf_store *st) {
   if (!st) return;
+  /* The host's reserved WAL stays for the next host (reserve_wal): with no size limit, the
+   * last connection's close checkpoints it and keeps the file instead of cutting it to 0. */
+  if (st->lock_fd >= 0 && st->sync_commits) exec_sql(st, "PRAGMA journal_size_limit = -1", NULL);
   for (int i = 0; i < S_COUNT; i++) sqlite3_finalize(st->stmt[i]);
   /* An open transaction is rolled back by the close. */
   sqlite3_close_v2(st->db);
@@ -625,6 +630,8 @@ const char *wf_store_errmsg(const wf_store *st) {
 
 /* The lock is flock() on "<db>.lock": it conflicts between any two open file descriptions,
  * is released by the kernel when the holder dies, and keeps no state in the database. */
+static void reserve_wal(wf_store *st);
+
 static int wal_hook(void *ud, sqlite3 *db, const char *name, int frames) {
   (void)db, (void)name;
   ((wf_store *)ud)->wal_frames = frames;
@@ -668,12 +675,48 @@ int wf_store_lock_host(wf_store *st) {
   /* The host checkpoints itself (wf_store_checkpoint), off the commit path. */
   sqlite3_wal_autocheckpoint(st->db, 0);
   sqlite3_wal_hook(st->db, wal_hook, st);
+  if (st->sync_commits) reserve_wal(st);
   return WF_OK;
+}
+
+/* The WAL the host keeps allocated, and the frames that fit in it (a frame is a 24-byte
+ * header and a 4 KiB page; the file starts with a 32-byte header). */
+#define WAL_RESERVE (16 << 20)
+#define WAL_RESERVE_FRAMES ((WAL_RESERVE - 32) / (24 + 4096))
+
+/* An fsync that only overwrites blocks of a file costs about half one that also grows it (the
+ * file's new size goes through the file system's journal), and a commit in durability FULL is
+ * such an fsync of the WAL. So the host writes zeros past the end of a WAL smaller than
+ * WAL_RESERVE, once at start, and checkpoints before the log outgrows it: SQLite then writes
+ * the log again from its start (a WAL restart) into blocks that already exist. Bytes past the
+ * log's last frame are never read (a zero frame header ends the log), and the write lock, held
+ * meanwhile, keeps other processes from appending frames there. The file is kept when the
+ * host closes, so a restarted host finds it ready. Only an optimisation: if writing fails (a
+ * full disk), the file is cut back and the WAL simply grows as it would have. */
+static void reserve_wal(wf_store *st) {
+  sqlite3_file *wal = NULL;
+  sqlite3_int64 size = 0;
+  int persist = 1; /* the file outlives the host's connection (wf_store_close) */
+  sqlite3_file_control(st->db, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+  if (sqlite3_file_control(st->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) != SQLITE_OK || !wal ||
+      !wal->pMethods || wal->pMethods->xFileSize(wal, &size) != SQLITE_OK || size >= WAL_RESERVE)
+    return;
+  if (wf_store_begin(st) != WF_OK) return;
+  static const char zeros[1 << 16];
+  int rc = SQLITE_OK;
+  for (sqlite3_int64 off = size; rc == SQLITE_OK && off < WAL_RESERVE; off += sizeof zeros) {
+    sqlite3_int64 n = WAL_RESERVE - off < (sqlite3_int64)sizeof zeros ? WAL_RESERVE - off : (sqlite3_int64)sizeof zeros;
+    rc = wal->pMethods->xWrite(wal, zeros, (int)n, off);
+  }
+  if (rc == SQLITE_OK) rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+  if (rc != SQLITE_OK) wal->pMethods->xTruncate(wal, size);
+  wf_store_rollback(st);
 }
 
 int wf_store_checkpoint(wf_store *st, int idle, int *pending) {
   if (pending) *pending = st->wal_frames >= 1000;
-  if (st->wal_frames < (idle ? 1000 : 20000)) return WF_OK;
+  /* Under load, before the log outgrows the reserved WAL (reserve_wal). */
+  if (st->wal_frames < (idle ? 1000 : WAL_RESERVE_FRAMES * 9 / 10)) return WF_OK;
   int log = 0, done = 0;
   int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
   if (rc != SQLITE_OK && rc != SQLITE_BUSY)

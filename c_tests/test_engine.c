@@ -690,6 +690,45 @@ static void test_cancel_across_rebuild(void) {
   wf_host_close(h);
 }
 
+/* A started instance's row is written once, at the end of its first batch, with what its
+ * first step made of it: progress, state and status; a continue-as-new in that step; and an
+ * id taken in the same batch is taken for a child too. */
+static void test_first_batch_row(void) {
+  write_file("first.lua",
+             "return workflow.define { name = 'first', run = function(ctx, input)\n"
+             "  ctx:progress(50, 'half')\n"
+             "  ctx:set_state('parked')\n"
+             "  return ctx:wait_for('go').data\n"
+             "end }\n");
+  write_file("spawn.lua",
+             "return workflow.define { name = 'spawn', run = function(ctx, input)\n"
+             "  local ok, err = pcall(ctx.start_child, ctx, 'first', {}, { id = input.id })\n"
+             "  return { ok = ok, err = tostring(err) }\n"
+             "end }\n");
+  write_file("again.lua",
+             "return workflow.define { name = 'again', run = function(ctx, input)\n"
+             "  if input.n < 3 then ctx:continue_as_new { n = input.n + 1 } end\n"
+             "  return input.n\n"
+             "end }\n");
+  wf_host *h = open_host(NULL);
+  test_start(h, "first", "{}", "fb-first");
+  test_start(h, "spawn", "{\"id\":\"fb-first\"}", "fb-spawn");
+  test_start(h, "again", "{\"n\":1}", "fb-again");
+  CHECK(wf_host_drain(h) == WF_OK);
+  wf_info *i = test_info_of(h, "fb-first");
+  CHECK(!strcmp(i->status, "waiting") && i->progress == 50 && i->progress_message &&
+        !strcmp(i->progress_message, "half") && i->state && !strcmp(i->state, "parked"));
+  wf_info_free(i);
+  i = test_info_of(h, "fb-spawn");
+  CHECK(!strcmp(i->status, "completed") && i->output_json && strstr(i->output_json, "\"ok\":false") &&
+        strstr(i->output_json, "exists already"));
+  wf_info_free(i);
+  i = test_info_of(h, "fb-again");
+  CHECK(!strcmp(i->status, "completed") && i->output_json && !strcmp(i->output_json, "3") && i->run == 3);
+  wf_info_free(i);
+  wf_host_close(h);
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "%s", test_tmpdir());
   snprintf(wfdir, sizeof wfdir, "%s/workflows", dir);
@@ -709,5 +748,6 @@ int main(void) {
   test_replay_check();
   test_cancel_across_rebuild();
   test_timer_rebuilt_early();
+  test_first_batch_row();
   TEST_MAIN_END();
 }

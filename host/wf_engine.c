@@ -487,17 +487,30 @@ int wf_engine_create(wf_host *h, const char *id, const char *workflow, int versi
   return wf_engine_create_child(h, id, workflow, version, input, NULL, 0, 0, created);
 }
 
+/* A top-level instance's row is inserted at the end of the batch, with what its first step
+ * made of it (wf_engine_write_row), instead of inserted now and updated then. A child's row
+ * is inserted at once: its parent's end in the same batch looks its children up in the store. */
 int wf_engine_create_child(wf_host *h, const char *id, const char *workflow, int version, const char *input,
                            const char *parent_id, int64_t parent_seq, int detached, int *created) {
   int64_t now = wf_now(h);
-  wf_instance_rec r = {.id = id, .workflow = workflow, .version = version, .status = "pending",
-                       .input = input, .data = "{}", .created_at = now, .updated_at = now,
-                       .parent_id = parent_id, .parent_seq = parent_seq, .detached = detached};
-  int made = 0;
-  int rc = wf_store_insert_instance(h->st, &r, &made);
+  int made = 0, rc;
+  wf_instance *old = wf_engine_find(h, id);
+  if (old && old->row_new) {
+    rc = WF_OK;
+  } else if (!parent_id) {
+    int exists = 0;
+    rc = wf_store_has_instance(h->st, id, &exists);
+    made = rc == WF_OK && !exists;
+  } else {
+    wf_instance_rec r = {.id = id, .workflow = workflow, .version = version, .status = "pending",
+                         .input = input, .data = "{}", .created_at = now, .updated_at = now,
+                         .parent_id = parent_id, .parent_seq = parent_seq, .detached = detached};
+    rc = wf_store_insert_instance(h->st, &r, &made);
+  }
   wf_engine_store_rc(h, rc);
   if (rc == WF_OK && made) {
     wf_instance *in = get_or_stub(h, id);
+    in->row_new = !parent_id;
     in->workflow = wf_strdup(workflow);
     in->version = version;
     in->input = wf_strdup(input);
@@ -647,11 +660,10 @@ static char *waiting_for(wf_instance *in) {
   return wf_strdup(buf);
 }
 
-/* Writes the instance's row if anything in it changed in this batch. */
-static void write_row(wf_host *h, wf_instance *in) {
+void wf_engine_write_row(wf_host *h, wf_instance *in) {
   char *wait = in->co ? waiting_for(in) : NULL;
   int same_wait = (!wait && !in->row_wait) || (wait && in->row_wait && !strcmp(wait, in->row_wait));
-  if (!in->row_dirty && in->status == in->row_status && same_wait) {
+  if (!in->row_new && !in->row_dirty && in->status == in->row_status && same_wait) {
     free(wait);
     return;
   }
@@ -662,7 +674,14 @@ static void write_row(wf_host *h, wf_instance *in) {
                        .created_at = in->created_at, .updated_at = wf_now(h),
                        .has_progress = in->has_progress, .progress = in->progress,
                        .progress_message = in->progress_msg};
-  wf_engine_store_rc(h, wf_store_update_instance(h->st, &r));
+  if (in->row_new) {
+    int made = 0;
+    int rc = wf_store_insert_instance(h->st, &r, &made);
+    wf_engine_store_rc(h, rc == WF_OK && !made ? WF_INVALID : rc); /* cannot be: the batch holds the write lock */
+    in->row_new = 0;
+  } else {
+    wf_engine_store_rc(h, wf_store_update_instance(h->st, &r));
+  }
   free(in->row_wait);
   in->row_wait = wait;
   in->row_status = in->status;
@@ -720,7 +739,7 @@ static void run_batch(wf_host *h) {
     wf_step_advance(h, in);
   }
   for (wf_instance *in = h->touched_head; in; in = in->touched_next)
-    if (in->loaded) write_row(h, in);
+    if (in->loaded) wf_engine_write_row(h, in);
   wf_breaker_write_dirty(h);
   wf_outbox_write(h);
   h->in_batch = 0;

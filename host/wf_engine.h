@@ -200,6 +200,7 @@ struct wf_instance {
   unsigned loaded : 1;           /* row fields above are known (new, or read from the store) */
   unsigned is_new : 1;           /* no history yet: the next step starts it */
   unsigned row_dirty : 1;        /* the row must be written in this batch */
+  unsigned row_new : 1;          /* created in this batch, its row not yet inserted (write_row) */
   unsigned cancel_requested : 1; /* cancellation not yet delivered to the coroutine */
   unsigned cancel_delivered : 1;
   unsigned retry_requested : 1;
@@ -465,6 +466,9 @@ void wf_engine_kick(wf_host *h);
 /* Records the result of a store write in the open batch: the first error rolls the batch back. */
 void wf_engine_store_rc(wf_host *h, int rc);
 /* Journals an entry for the instance in the open batch. */
+/* Writes the instance's row if anything in it changed in this batch; inserts it if it was
+ * created in this batch (row_new). The batch does this for every instance it touched. */
+void wf_engine_write_row(wf_host *h, wf_instance *in);
 void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                        const char *data);
 /* Loads the instance's unconsumed events from the store into its in-memory inbox. */

@@ -375,6 +375,7 @@ static void new_run(wf_host *h, wf_instance *in, char *input) {
   } else {
     in->replaying = 0;
     wf_child_release(h, in);
+    if (in->row_new) wf_engine_write_row(h, in); /* started in this batch: the row to update */
     wf_engine_store_rc(h, wf_store_new_run(h->st, in->id, in->run + 1, input));
     wf_step_drop_coroutine(h, in); /* its branches' calls are abandoned */
     in->run++;

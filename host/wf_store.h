@@ -88,6 +88,9 @@ typedef struct wf_instance_rec {
  * is changed then). */
 int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created /* OUT */);
 
+/* *exists is 1 if an instance with this id is in the store, else 0. */
+int wf_store_has_instance(wf_store *st, const char *id, int *exists /* OUT */);
+
 /* Updates version, status, state, data, output, error, waiting_for, updated_at and progress
  * of r->id (the version is assigned when an instance started by a client first runs). A new
  * instance has no progress (insert ignores it). */

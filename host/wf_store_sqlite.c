@@ -98,7 +98,7 @@ _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSI
  * S_LIST_ALL + (status filter ? 1 : 0) + (workflow filter ? 2 : 0). */
 enum {
   S_BEGIN, S_COMMIT, S_ROLLBACK, S_DATA_VERSION,
-  S_INSERT_INSTANCE, S_UPDATE_INSTANCE, S_GET_INSTANCE,
+  S_INSERT_INSTANCE, S_HAS_INSTANCE, S_UPDATE_INSTANCE, S_GET_INSTANCE,
   S_LIST_ALL, S_LIST_STATUS, S_LIST_WORKFLOW, S_LIST_BOTH, S_EACH_INSTANCE,
   S_APPEND_HISTORY, S_LOAD_HISTORY,
   S_ADD_EVENT, S_CONSUME_EVENT, S_PENDING_EVENTS, S_EVENTS_AFTER,
@@ -130,8 +130,10 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_DATA_VERSION] = "PRAGMA data_version",
     [S_INSERT_INSTANCE] =
         "INSERT INTO instances (id, workflow, version, status, state, input, data, output, "
-        "error, waiting_for, created_at, updated_at, parent_id, parent_seq, detached) VALUES (?1, ?2, "
-        "?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT (id) DO NOTHING",
+        "error, waiting_for, created_at, updated_at, parent_id, parent_seq, detached, progress, "
+        "progress_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
+        "?16, ?17) ON CONFLICT (id) DO NOTHING",
+    [S_HAS_INSTANCE] = "SELECT 1 FROM instances WHERE id = ?1",
     [S_UPDATE_INSTANCE] = "UPDATE instances SET status = ?2, state = ?3, data = ?4, output = ?5, "
                           "error = ?6, waiting_for = ?7, updated_at = ?8, version = ?9, progress = ?10, "
                           "progress_message = ?11 WHERE id = ?1",
@@ -764,11 +766,24 @@ int wf_store_changed(wf_store *st) {
 }
 
 int wf_store_insert_instance(wf_store *st, const wf_instance_rec *r, int *created) {
-  int code = exec_stmt(st, S_INSERT_INSTANCE, "insert instance", "ttitttttttIItIi", r->id,
+  int code = exec_stmt(st, S_INSERT_INSTANCE, "insert instance", "ttitttttttIItIidt", r->id,
                        r->workflow, r->version, r->status, r->state, r->input, r->data,
                        r->output, r->error, r->waiting_for, r->created_at, r->updated_at,
-                       r->parent_id, r->parent_seq, r->detached);
+                       r->parent_id, r->parent_seq, r->detached, r->has_progress ? r->progress : -1.0,
+                       r->has_progress ? r->progress_message : NULL);
   if (created) *created = code == WF_OK && sqlite3_changes(st->db) > 0;
+  return code;
+}
+
+int wf_store_has_instance(wf_store *st, const char *id, int *exists) {
+  sqlite3_stmt *s = st->stmt[S_HAS_INSTANCE];
+  int code = bind(st, s, "has instance", "t", id);
+  if (code != WF_OK) return code;
+  int rc = sqlite3_step(s);
+  *exists = rc == SQLITE_ROW;
+  code = rc == SQLITE_ROW || rc == SQLITE_DONE ? WF_OK : fail(st, rc, "has instance");
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
   return code;
 }
 

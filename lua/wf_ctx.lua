@@ -516,35 +516,40 @@ end
 local Ctx = {} -- the methods; instances see them through ctx_mt, never the table itself
 local ctx_mt = { __index = Ctx, __metatable = false }
 
+-- ctx.actions.NAME is a raw lookup in `cache` (the proxy's __index is that table, not a
+-- function): a name seen before costs no call. The first use of a name runs cache's own
+-- __index, which checks it and makes its function. The proxy itself stays empty, so that
+-- what a workflow can see of it (rawget, next) does not depend on what other instances
+-- called or when the collector ran.
 local function actions_proxy()
-  local cache = setmetatable({}, { __mode = "v" }) -- shared by every instance: must not grow
-  return setmetatable({}, {
-    __index = function(_, name)
+  local cache = setmetatable({}, { -- shared by every instance: must not grow
+    __mode = "v",
+    __index = function(cache, name)
       if type(name) ~= "string" then return nil end
       if #name > 128 or not smatch(name, "^[%w_%.]+$") then
         error(sformat("ctx.actions: bad action name %q (letters, digits, '_' and '.', at most 128)",
           #name > 40 and string.sub(name, 1, 40) .. "..." or name), 2)
       end
-      local f = cache[name]
-      if not f then
-        f = function(params, opts)
-          if opts ~= nil then
-            if type(opts) ~= "table" then error(sformat("ctx.actions.%s(params, opts): opts must be a table", name), 2) end
-            local ok, o = pcall(M.normalize_call_opts, opts)
-            if not ok then error(sformat("ctx.actions.%s(params, opts): %s", name, tostring(o)), 2) end
-            opts = o
-          end
-          local ok, payload = pcall(json.encode, params == nil and json.null or params)
-          if not ok then
-            error(sformat("params of action '%s' cannot be stored as JSON: %s", name, payload), 2)
-          end
-          local result = command("action", name, payload, opts) -- not a tail call: errors need this frame
-          return result
+      local function f(params, opts)
+        if opts ~= nil then
+          if type(opts) ~= "table" then error(sformat("ctx.actions.%s(params, opts): opts must be a table", name), 2) end
+          local ok, o = pcall(M.normalize_call_opts, opts)
+          if not ok then error(sformat("ctx.actions.%s(params, opts): %s", name, tostring(o)), 2) end
+          opts = o
         end
-        cache[name] = f
+        local ok, payload = pcall(json.encode, params == nil and json.null or params)
+        if not ok then
+          error(sformat("params of action '%s' cannot be stored as JSON: %s", name, payload), 2)
+        end
+        local result = command("action", name, payload, opts) -- not a tail call: errors need this frame
+        return result
       end
+      rawset(cache, name, f)
       return f
     end,
+  })
+  return setmetatable({}, {
+    __index = cache,
     __newindex = function() error("ctx.actions is read-only", 2) end,
     __metatable = false,
   })

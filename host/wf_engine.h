@@ -416,6 +416,9 @@ int wf_lua_has_workflow(wf_host *h, const char *workflow);
 /* Calls module function `fn` with nargs args on L's stack, protected; 0 on success with
  * nres results, else the message is on the stack. */
 int wf_lua_callmod(wf_host *h, const char *fn, int nargs, int nres);
+/* normalize(v, null): turns cjson's decoded value into what workflows get (whole numbers as
+ * integers, null fields dropped); a lua_CFunction handed to wf_ctx.lua. */
+int wf_lua_normalize(lua_State *L);
 /* Arms the instruction budget for the coroutine about to run a step. */
 void wf_lua_arm_budget(wf_host *h, lua_State *co);
 /* The value of a top-level field of a JSON object as text (a string's contents, a number or

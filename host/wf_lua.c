@@ -99,6 +99,69 @@ void wf_lua_arm_budget(wf_host *h, lua_State *co) {
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
+/* What decoding JSON makes of cjson's output (wf_ctx.lua's M.decode): cjson 2.1 decodes
+ * every number as a float, so a whole float in (-2^53, 2^53) becomes an integer; a null
+ * field of an object is dropped; a null inside an array stays, so the array keeps its length.
+ * The value at idx is changed in place. It allocates nothing and calls no metamethod: cjson's
+ * tables have none. This is C, not Lua, because it runs for every outcome a workflow gets,
+ * where each Lua instruction also pays the instruction budget's count hook. */
+static int whole_float(lua_State *L, int idx, lua_Integer *out) {
+  if (lua_isinteger(L, idx)) return 0;
+  lua_Number d = lua_tonumber(L, idx);
+  if (!(d > -9007199254740992.0 && d < 9007199254740992.0)) return 0; /* NaN fails too */
+  lua_Integer i = (lua_Integer)d;
+  if ((lua_Number)i != d) return 0;
+  *out = i;
+  return 1;
+}
+
+static void normalize_table(lua_State *L, int t, int null_idx) {
+  luaL_checkstack(L, 4, "JSON nested too deep");
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_Integer i;
+    switch (lua_type(L, -1)) {
+    case LUA_TNUMBER:
+      if (whole_float(L, -1, &i)) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, i);
+        lua_rawset(L, t);
+      }
+      break;
+    case LUA_TTABLE:
+      normalize_table(L, lua_gettop(L), null_idx);
+      break;
+    case LUA_TLIGHTUSERDATA:
+      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, null_idx)) {
+        lua_pushvalue(L, -2);
+        lua_pushnil(L);
+        lua_rawset(L, t);
+      }
+      break;
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* normalize(v, null): v as M.decode returns it (nil for null). */
+int wf_lua_normalize(lua_State *L) {
+  lua_settop(L, 2);
+  lua_Integer i;
+  switch (lua_type(L, 1)) {
+  case LUA_TNUMBER:
+    if (whole_float(L, 1, &i)) lua_pushinteger(L, i);
+    else lua_pushvalue(L, 1);
+    return 1;
+  case LUA_TTABLE:
+    normalize_table(L, 1, 2);
+    break;
+  default:
+    if (lua_rawequal(L, 1, 2)) return 0;
+  }
+  lua_pushvalue(L, 1);
+  return 1;
+}
+
 int wf_lua_callmod(wf_host *h, const char *fn, int nargs, int nres) {
   lua_State *L = h->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref);
@@ -330,7 +393,8 @@ int wf_lua_open(wf_host *h) {
   lua_pushlightuserdata(L, h);
   lua_pushcclosure(L, wf_step_note, 1);
   luaL_requiref(L, "cjson", luaopen_cjson, 0);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK)
+  lua_pushcfunction(L, wf_lua_normalize);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK)
     return wf_fail(h, WF_ERROR, "cannot start the host's Lua side: %s", lua_tostring(L, -1));
   h->mod_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mod_ref); /* workflow.define checks schedules with it */

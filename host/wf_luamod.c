@@ -67,6 +67,7 @@ typedef struct {
   size_t len;
 } wf_embedded_file;
 extern const wf_embedded_file wf_embedded[]; /* private to the build; see cmake/embed.cmake */
+int wf_lua_normalize(lua_State *L);          /* private to the build; see host/wf_lua.c */
 
 static int noop(lua_State *L) {
   (void)L;
@@ -85,7 +86,8 @@ static void push_host_lua(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "cjson");
   lua_call(L, 1, 1);
-  lua_call(L, 2, 1);
+  lua_pushcfunction(L, wf_lua_normalize);
+  lua_call(L, 3, 1);
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "wfhost.lua_side");
 }

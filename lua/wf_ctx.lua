@@ -8,7 +8,8 @@
 -- values. Things that are not commands (state labels, log lines, outbox messages) call `note`, a C function
 -- that records them directly, so they also work where a yield could not (inside a string.gsub
 -- callback, a __tostring metamethod, ...).
-local note, cjson_module = ...
+-- The loader passes `note`, the cjson module, and `normalize` (C, see M.decode).
+local note, cjson_module, normalize = ...
 
 local yield = coroutine.yield
 local type, error, select, tostring, setmetatable, getmetatable, rawget, next, pcall =
@@ -35,22 +36,10 @@ function M.encode(v) return json.encode(v) end
 -- cjson 2.1 decodes every number as a float; whole numbers become integers, so that an id
 -- of 7 prints as 7, not 7.0. A null field of an object is dropped (Lua has no absent-but-
 -- present value); a null inside an array stays json.null, so the array keeps its length.
-local tointeger, mtype, null = math.tointeger, math.type, json.null
-local function normalize(v)
-  if type(v) == "number" then
-    return mtype(v) == "float" and v == v and v > -2^53 and v < 2^53 and tointeger(v) or v
-  end
-  if type(v) == "table" then
-    for k, x in next, v do
-      if x == null and type(k) == "string" then v[k] = nil
-      elseif type(x) == "number" or type(x) == "table" then v[k] = normalize(x) end
-    end
-  end
-  if v == null then return nil end
-  return v
-end
+-- normalize(v, null) does that in place (C: host/wf_lua.c).
+local mtype, null = math.type, json.null
 
-function M.decode(s) return normalize(json.decode(s)) end
+function M.decode(s) return normalize(json.decode(s), null) end
 
 ---------------------------------------------------------------------------------------------
 -- Durations: a number of seconds, or a string of number+unit groups ("250ms", "1h30m").

@@ -1086,7 +1086,8 @@ static int load_row(wf_host *h, wf_instance *in) {
 /* Loads the history (indexed by seq for replay) and the unconsumed events of an instance. */
 static int load_journal(wf_host *h, wf_instance *in) {
   wf_step_free_replay(in); /* loading twice (a replay check, then its build) leaks nothing */
-  int rc = wf_store_load_history(h->st, in->id, &in->hist, &in->nhist);
+  /* Created in this batch: no history yet (its inbox may already hold an event). */
+  int rc = in->row_new ? WF_OK : wf_store_load_history(h->st, in->id, &in->hist, &in->nhist);
   if (rc != WF_OK) return rc;
   int64_t max = 0;
   for (size_t i = 0; i < in->nhist; i++)

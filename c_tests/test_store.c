@@ -96,8 +96,20 @@ static void test_open_and_reopen(void) {
 }
 
 /* Takes a fresh database back to schema 5: drops what version 6 (children, runs) added. */
+/* Takes a fresh database back to schema 6: history rows of one entry each. */
+static void drop_after_v6(const char *path) {
+  char out[64];
+  const char *const cols[] = {"seq2", "kind2", "name2", "data2", "at2"};
+  for (int i = 0; i < 5; i++) {
+    char sql[80];
+    snprintf(sql, sizeof sql, "ALTER TABLE history DROP COLUMN %s", cols[i]);
+    CHECK(raw_sql(path, sql, out) == 0);
+  }
+}
+
 static void drop_after_v5(const char *path) {
   char out[64];
+  drop_after_v6(path);
   CHECK(raw_sql(path, "DROP INDEX instances_parent", out) == 0);
   const char *const cols[] = {"parent_id", "parent_seq", "detached", "run"};
   for (int i = 0; i < 4; i++) {
@@ -412,6 +424,68 @@ static void test_history(void) {
   }
   wf_history_free(h, n);
   CHECK(wf_store_load_history(st, "nobody", &h, &n) == WF_OK && n == 0 && h == NULL);
+
+  /* In a transaction, consecutive entries of one instance share a row; a read in the same
+   * transaction sees every entry appended; a rollback leaves none. */
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_append_history(st, "p", 1, 0, "started", NULL, "{}", 1) == WF_OK);
+  CHECK(wf_store_append_history(st, "p", 2, 1, "action", "a", "{\"x\":1}", 2) == WF_OK);
+  CHECK(wf_store_append_history(st, "p", 3, 1, "action_result", "a", "{\"y\":2}", 3) == WF_OK);
+  CHECK(wf_store_load_history(st, "p", &h, &n) == WF_OK && n == 3);
+  wf_history_free(h, n);
+  CHECK(wf_store_append_history(st, "p", 4, 2, "action", "b", NULL, 4) == WF_OK);
+  CHECK(wf_store_append_history(st, "q", 1, 0, "started", NULL, "{}", 5) == WF_OK);
+  CHECK(wf_store_append_history(st, "p", 5, 2, "action_result", "b", "7", 6) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  CHECK(wf_store_load_history(st, "p", &h, &n) == WF_OK && n == 5);
+  for (size_t i = 0; i < n; i++) CHECK(h[i].pos == (int64_t)i + 1 && h[i].at == (int64_t)(i < 4 ? i + 1 : 6));
+  if (n == 5) {
+    CHECK(!strcmp(h[1].kind, "action") && !strcmp(h[1].name, "a") && !strcmp(h[1].data_json, "{\"x\":1}") &&
+          h[1].seq == 1);
+    CHECK(!strcmp(h[2].kind, "action_result") && !strcmp(h[2].data_json, "{\"y\":2}") && h[2].seq == 1);
+    CHECK(!strcmp(h[3].name, "b") && !h[3].data_json && h[4].seq == 2 && !strcmp(h[4].data_json, "7"));
+  }
+  wf_history_free(h, n);
+  char out[64];
+  wf_store_close(st);
+  CHECK(raw_sql(path, "SELECT count(*) FROM history WHERE instance_id = 'p'", out) == 0 && !strcmp(out, "4"));
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_append_history(st, "r", 1, 0, "started", NULL, "{}", 1) == WF_OK);
+  wf_store_rollback(st);
+  CHECK(wf_store_load_history(st, "r", &h, &n) == WF_OK && n == 0);
+
+  /* A held entry that cannot be written fails the commit, which writes nothing. */
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_append_history(st, "s", 1, 0, "started", NULL, "{}", 1) == WF_OK);
+  CHECK(wf_store_append_history(st, "h", 3, 9, "dup", NULL, NULL, 1) == WF_OK); /* held */
+  CHECK(wf_store_commit(st) == WF_ERROR);
+  CHECK(has(wf_store_errmsg(st), "append history: "));
+  CHECK(wf_store_load_history(st, "s", &h, &n) == WF_OK && n == 0);
+  wf_store_close(st);
+}
+
+/* Schema 7 lets a history row hold two entries; rows written before hold one each. */
+static void test_migration_from_v6(void) {
+  char path[256], out[64];
+  wf_store *st = open_fresh(path, sizeof path);
+  CHECK(wf_store_append_history(st, "old", 1, 0, "started", NULL, "{}", 1) == WF_OK);
+  CHECK(wf_store_append_history(st, "old", 2, 1, "action", "a", "{}", 2) == WF_OK);
+  wf_store_close(st);
+  drop_after_v6(path);
+  CHECK(raw_sql(path, "PRAGMA user_version = 6", out) == 0);
+  CHECK(wf_store_open(path, WF_DURABILITY_FULL, &st) == WF_OK);
+  CHECK(raw_sql(path, "PRAGMA user_version", out) == 0 && atoi(out) == WF_STORE_SCHEMA_VERSION);
+  CHECK(wf_store_begin(st) == WF_OK);
+  CHECK(wf_store_append_history(st, "old", 3, 1, "action_result", "a", "1", 3) == WF_OK);
+  CHECK(wf_store_append_history(st, "old", 4, 2, "action", "b", "{}", 4) == WF_OK);
+  CHECK(wf_store_commit(st) == WF_OK);
+  wf_history_entry *h = NULL;
+  size_t n = 0;
+  CHECK(wf_store_load_history(st, "old", &h, &n) == WF_OK && n == 4);
+  for (size_t i = 0; i < n; i++) CHECK(h[i].pos == (int64_t)i + 1 && h[i].at == (int64_t)i + 1);
+  wf_history_free(h, n);
   wf_store_close(st);
 }
 
@@ -1002,6 +1076,7 @@ int main(void) {
   test_update_get_list();
   test_each_instance();
   test_history();
+  test_migration_from_v6();
   test_inbox();
   test_timers();
   test_requests();

@@ -32,7 +32,7 @@
 typedef struct wf_store wf_store;
 
 /* The schema version this build writes. A database with a higher one is refused. */
-#define WF_STORE_SCHEMA_VERSION 6
+#define WF_STORE_SCHEMA_VERSION 7
 
 /* Opens or creates the database, applying migrations. On failure *out may still be set
  * (for wf_store_errmsg); close it. Returns WF_SCHEMA for a database from a newer version. */
@@ -106,7 +106,8 @@ int wf_store_list_instances(wf_store *st, const char *status, const char *workfl
 typedef void (*wf_store_id_fn)(void *ud, const char *id);
 int wf_store_each_instance(wf_store *st, const char *const *statuses, wf_store_id_fn fn, void *ud);
 
-/* History. */
+/* History. In a transaction an appended entry may be written with the next (wf_store_sqlite.c,
+ * history_append); it is written by the commit at the latest, and the store's own reads see it. */
 int wf_store_append_history(wf_store *st, const char *id, int64_t pos, int64_t seq,
                             const char *kind, const char *name, const char *data, int64_t at);
 int wf_store_load_history(wf_store *st, const char *id, wf_history_entry **out /* OUT */,

@@ -89,6 +89,14 @@ static const char *const migrations[] = {
     "ALTER TABLE instances ADD COLUMN detached INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE instances ADD COLUMN run INTEGER NOT NULL DEFAULT 1;"
     "CREATE INDEX instances_parent ON instances (parent_id) WHERE parent_id IS NOT NULL;",
+    /* 7: a history row may hold two consecutive entries, pos and pos + 1 (the columns ending
+     * in 2; kind2 NULL: one entry), as a step's outcome and its next command usually are:
+     * one B-tree insert where there were two. */
+    "ALTER TABLE history ADD COLUMN seq2 INTEGER;"
+    "ALTER TABLE history ADD COLUMN kind2 TEXT;"
+    "ALTER TABLE history ADD COLUMN name2 TEXT;"
+    "ALTER TABLE history ADD COLUMN data2 TEXT;"
+    "ALTER TABLE history ADD COLUMN at2 INTEGER;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == WF_STORE_SCHEMA_VERSION,
@@ -100,7 +108,7 @@ enum {
   S_BEGIN, S_COMMIT, S_ROLLBACK, S_DATA_VERSION,
   S_INSERT_INSTANCE, S_HAS_INSTANCE, S_UPDATE_INSTANCE, S_GET_INSTANCE,
   S_LIST_ALL, S_LIST_STATUS, S_LIST_WORKFLOW, S_LIST_BOTH, S_EACH_INSTANCE,
-  S_APPEND_HISTORY, S_LOAD_HISTORY,
+  S_APPEND_HISTORY, S_APPEND_HISTORY2, S_LOAD_HISTORY,
   S_ADD_EVENT, S_CONSUME_EVENT, S_PENDING_EVENTS, S_EVENTS_AFTER,
   S_ADD_TIMER, S_DELETE_TIMER, S_EACH_TIMER,
   S_ADD_REQUEST, S_LIST_REQUESTS, S_DELETE_REQUESTS,
@@ -146,8 +154,10 @@ static const char *const stmt_sql[S_COUNT] = {
                         "ORDER BY created_at, id",
     [S_APPEND_HISTORY] = "INSERT INTO history (instance_id, pos, seq, kind, name, data, at) "
                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [S_LOAD_HISTORY] =
-        "SELECT pos, seq, kind, name, data, at FROM history WHERE instance_id = ?1 ORDER BY pos",
+    [S_APPEND_HISTORY2] = "INSERT INTO history (instance_id, pos, seq, kind, name, data, at, seq2, kind2, "
+                          "name2, data2, at2) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [S_LOAD_HISTORY] = "SELECT pos, seq, kind, name, data, at, seq2, kind2, name2, data2, at2 FROM history "
+                       "WHERE instance_id = ?1 ORDER BY pos",
     [S_ADD_EVENT] = "INSERT INTO inbox (instance_id, name, data, at) VALUES (?1, ?2, ?3, ?4)",
     [S_CONSUME_EVENT] =
         "UPDATE inbox SET consumed_seq = ?2 WHERE event_id = ?1 AND consumed_seq IS NULL",
@@ -248,6 +258,13 @@ struct wf_store {
   int wal_frames;              /* frames in the WAL after the last commit (the host's own) */
   int sync_commits;            /* a file in WAL mode, durability FULL: each commit fsyncs the WAL */
   int in_txn;                  /* between wf_store_begin and its commit or rollback */
+  struct {                     /* an appended history entry not written yet (history_append) */
+    int used;
+    int64_t pos, seq, at;
+    char *id, *kind, *name, *data; /* in buf */
+    char *buf;
+    size_t cap;
+  } held;
   char errmsg[4608];           /* the last failure; room for a path of PATH_MAX */
 };
 
@@ -297,8 +314,14 @@ static void finish(sqlite3_stmt *s) {
  * binds SQL NULL; it must stay valid until s is finished), 'I' an int64_t, 'i' an int, 'd' a
  * double (a negative one binds SQL NULL: "not set"). On failure s is finished and the error
  * recorded. */
+static int history_flush(wf_store *st);
+
 static int vbind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types, va_list ap) {
   int rc = SQLITE_OK;
+  if (st->held.used && s != st->stmt[S_APPEND_HISTORY] && s != st->stmt[S_APPEND_HISTORY2]) {
+    int code = history_flush(st); /* every other statement sees the history as appended */
+    if (code != WF_OK) return code;
+  }
   for (int i = 0; types[i] && rc == SQLITE_OK; i++) {
     if (types[i] == 't')
       rc = sqlite3_bind_text(s, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC);
@@ -326,6 +349,10 @@ static int bind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types
 
 /* Runs a bound statement that returns no rows, then finishes it. */
 static int run(wf_store *st, sqlite3_stmt *s, const char *op) {
+  if (st->held.used && s != st->stmt[S_APPEND_HISTORY] && s != st->stmt[S_APPEND_HISTORY2]) {
+    int code = history_flush(st); /* a savepoint, for instance */
+    if (code != WF_OK) return code;
+  }
   int rc = sqlite3_step(s);
   int code = rc == SQLITE_DONE || rc == SQLITE_ROW ? WF_OK : fail(st, rc, op);
   finish(s);
@@ -394,26 +421,6 @@ static int info_fill(sqlite3_stmt *s, void *elem) {
   i->parent_id = col_dup(s, 14, &nomem);
   i->run = sqlite3_column_int(s, 15);
   if (nomem) info_clear(i);
-  return nomem ? -1 : 0;
-}
-
-static void history_clear(void *elem) {
-  wf_history_entry *e = elem;
-  free(e->kind);
-  free(e->name);
-  free(e->data_json);
-}
-
-static int history_fill(sqlite3_stmt *s, void *elem) {
-  wf_history_entry *e = elem;
-  int nomem = 0;
-  e->pos = sqlite3_column_int64(s, 0);
-  e->seq = sqlite3_column_int64(s, 1);
-  e->kind = col_dup(s, 2, &nomem);
-  e->name = col_dup(s, 3, &nomem);
-  e->data_json = col_dup(s, 4, &nomem);
-  e->at = sqlite3_column_int64(s, 5);
-  if (nomem) history_clear(e);
   return nomem ? -1 : 0;
 }
 
@@ -618,6 +625,7 @@ void wf_store_close(wf_store *st) {
    * last connection's close checkpoints it and keeps the file instead of cutting it to 0. */
   if (st->lock_fd >= 0 && st->sync_commits) exec_sql(st, "PRAGMA journal_size_limit = -1", NULL);
   for (int i = 0; i < S_COUNT; i++) sqlite3_finalize(st->stmt[i]);
+  free(st->held.buf);
   /* An open transaction is rolled back by the close. */
   sqlite3_close_v2(st->db);
   if (st->lock_fd >= 0) close(st->lock_fd);
@@ -738,18 +746,21 @@ int wf_store_begin(wf_store *st) {
  * it is rolled back here: the connection is then usable and the batch is simply not written. */
 int wf_store_commit(wf_store *st) {
   sqlite3_stmt *s = st->stmt[S_COMMIT];
+  int code = st->held.used ? history_flush(st) : WF_OK;
   st->in_txn = 0;
+  if (code != WF_OK) {
+    wf_store_rollback(st);
+    return code;
+  }
   int rc = sqlite3_step(s);
-  int code = rc == SQLITE_DONE
-                 ? WF_OK
-                 : set_err(st, map_rc(rc), "commit failed: %s", sqlite3_errmsg(st->db));
+  code = rc == SQLITE_DONE ? WF_OK : set_err(st, map_rc(rc), "commit failed: %s", sqlite3_errmsg(st->db));
   finish(s);
   if (code != WF_OK) wf_store_rollback(st);
   return code;
 }
 
 void wf_store_rollback(wf_store *st) {
-  if (st) st->in_txn = 0;
+  if (st) st->in_txn = st->held.used = 0;
   if (!st || !st->db || sqlite3_get_autocommit(st->db)) return;
   sqlite3_step(st->stmt[S_ROLLBACK]);
   finish(st->stmt[S_ROLLBACK]);
@@ -846,24 +857,101 @@ int wf_store_each_instance(wf_store *st, const char *const *statuses, wf_store_i
   return code;
 }
 
-int wf_store_append_history(wf_store *st, const char *id, int64_t pos, int64_t seq,
-                            const char *kind, const char *name, const char *data, int64_t at) {
-  return exec_stmt(st, S_APPEND_HISTORY, "append history", "tIItttI", id, pos, seq, kind, name,
-                   data, at);
+/* History entries are appended one by one, but a step's outcome and the command it issues
+ * next are consecutive entries of one instance, appended in a row: in a transaction, an entry
+ * is held until the next append, and the two share a row if they follow each other (same
+ * instance, pos and pos + 1); else the held one is written alone. Any other statement, the
+ * commit included, writes a held entry first; a rollback drops it. */
+static int history_write(wf_store *st, const char *id, int64_t pos, int64_t seq, const char *kind,
+                         const char *name, const char *data, int64_t at) {
+  return exec_stmt(st, S_APPEND_HISTORY, "append history", "tIItttI", id, pos, seq, kind, name, data, at);
 }
 
-/* An instance without history (or an unknown one) gives *out == NULL, *n == 0. */
+static int history_flush(wf_store *st) {
+  st->held.used = 0;
+  return history_write(st, st->held.id, st->held.pos, st->held.seq, st->held.kind, st->held.name,
+                       st->held.data, st->held.at);
+}
+
+/* Copies the entry into held (its strings into one buffer, reused from entry to entry). */
+static int history_hold(wf_store *st, const char *id, int64_t pos, int64_t seq, const char *kind,
+                        const char *name, const char *data, int64_t at) {
+  const char *src[4] = {id, kind, name, data};
+  size_t len[4], total = 0;
+  for (int i = 0; i < 4; i++) total += len[i] = src[i] ? strlen(src[i]) + 1 : 0;
+  if (total > st->held.cap) {
+    char *b = realloc(st->held.buf, total);
+    if (!b) return oom(st, "append history");
+    st->held.buf = b;
+    st->held.cap = total;
+  }
+  char *p = st->held.buf, **dst[4] = {&st->held.id, &st->held.kind, &st->held.name, &st->held.data};
+  for (int i = 0; i < 4; i++) {
+    *dst[i] = src[i] ? memcpy(p, src[i], len[i]) : NULL;
+    p += len[i];
+  }
+  st->held.pos = pos, st->held.seq = seq, st->held.at = at;
+  st->held.used = 1;
+  return WF_OK;
+}
+
+int wf_store_append_history(wf_store *st, const char *id, int64_t pos, int64_t seq,
+                            const char *kind, const char *name, const char *data, int64_t at) {
+  /* Outside a transaction, or in one SQLite has given up (exec_stmt refuses then), at once. */
+  if (!st->in_txn || sqlite3_get_autocommit(st->db)) return history_write(st, id, pos, seq, kind, name, data, at);
+  if (!st->held.used) return history_hold(st, id, pos, seq, kind, name, data, at);
+  if (pos == st->held.pos + 1 && !strcmp(id, st->held.id)) {
+    st->held.used = 0;
+    return exec_stmt(st, S_APPEND_HISTORY2, "append history", "tIItttIItttI", id, st->held.pos,
+                     st->held.seq, st->held.kind, st->held.name, st->held.data, st->held.at, seq, kind,
+                     name, data, at);
+  }
+  int code = history_flush(st);
+  return code == WF_OK ? history_hold(st, id, pos, seq, kind, name, data, at) : code;
+}
+
+/* An instance without history (or an unknown one) gives *out == NULL, *n == 0. A row holding
+ * two entries gives both. */
 int wf_store_load_history(wf_store *st, const char *id, wf_history_entry **out, size_t *n) {
   const char *op = "load history";
   sqlite3_stmt *s = st->stmt[S_LOAD_HISTORY];
-  void *list = NULL;
+  wf_history_entry *list = NULL;
+  size_t count = 0, cap = 0;
   *out = NULL;
   *n = 0;
-  int code = bind(st, s, op, "t", id);
-  if (code == WF_OK)
-    code = read_array(st, s, op, sizeof(wf_history_entry), history_fill, history_clear, &list, n);
+  int code = bind(st, s, op, "t", id), rc = SQLITE_DONE, nomem = 0;
+  while (code == WF_OK && !nomem && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (count + 2 > cap) {
+      size_t ncap = cap ? cap * 2 : 16;
+      wf_history_entry *grown = realloc(list, ncap * sizeof *list);
+      if (!grown) {
+        nomem = 1;
+        break;
+      }
+      list = grown;
+      cap = ncap;
+    }
+    for (int second = 0; second < 2; second++) {
+      int c = second ? 6 : 1; /* seq, kind, name, data, at of the first entry, or of the second */
+      if (second && sqlite3_column_type(s, c + 1) == SQLITE_NULL) break;
+      wf_history_entry *e = &list[count++];
+      e->pos = sqlite3_column_int64(s, 0) + second;
+      e->seq = sqlite3_column_int64(s, c);
+      e->kind = col_dup(s, c + 1, &nomem);
+      e->name = col_dup(s, c + 2, &nomem);
+      e->data_json = col_dup(s, c + 3, &nomem);
+      e->at = sqlite3_column_int64(s, c + 4);
+    }
+  }
+  if (code == WF_OK) code = nomem ? oom(st, op) : rc == SQLITE_DONE ? WF_OK : fail(st, rc, op);
+  finish(s);
+  if (code != WF_OK) {
+    wf_history_free(list, count);
+    return code;
+  }
   *out = list;
-  return code;
+  *n = count;
+  return WF_OK;
 }
 
 int wf_store_add_event(wf_store *st, const char *id, const char *name, const char *data,

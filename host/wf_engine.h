@@ -468,10 +468,10 @@ void wf_engine_ready(wf_host *h, wf_instance *in);
 void wf_engine_kick(wf_host *h);
 /* Records the result of a store write in the open batch: the first error rolls the batch back. */
 void wf_engine_store_rc(wf_host *h, int rc);
-/* Journals an entry for the instance in the open batch. */
 /* Writes the instance's row if anything in it changed in this batch; inserts it if it was
  * created in this batch (row_new). The batch does this for every instance it touched. */
 void wf_engine_write_row(wf_host *h, wf_instance *in);
+/* Journals an entry for the instance in the open batch. */
 void wf_engine_history(wf_host *h, wf_instance *in, int64_t seq, const char *kind, const char *name,
                        const char *data);
 /* Loads the instance's unconsumed events from the store into its in-memory inbox. */

@@ -258,7 +258,7 @@ struct wf_store {
   int wal_frames;              /* frames in the WAL after the last commit (the host's own) */
   int sync_commits;            /* a file in WAL mode, durability FULL: each commit fsyncs the WAL */
   int in_txn;                  /* between wf_store_begin and its commit or rollback */
-  struct {                     /* an appended history entry not written yet (history_append) */
+  struct {                     /* an appended history entry not written yet (history_hold) */
     int used;
     int64_t pos, seq, at;
     char *id, *kind, *name, *data; /* in buf */
@@ -695,8 +695,8 @@ int wf_store_lock_host(wf_store *st) {
 #define WAL_RESERVE_FRAMES ((WAL_RESERVE - 32) / (24 + 4096))
 
 /* An fsync that only overwrites blocks of a file costs about half one that also grows it (the
- * file's new size goes through the file system's journal), and a commit in durability FULL is
- * such an fsync of the WAL. So the host writes zeros past the end of a WAL smaller than
+ * file's new size must be made durable too), and a commit in durability FULL is such an fsync
+ * of the WAL. So the host writes zeros past the end of a WAL smaller than
  * WAL_RESERVE, once at start, and checkpoints before the log outgrows it: SQLite then writes
  * the log again from its start (a WAL restart) into blocks that already exist. Bytes past the
  * log's last frame are never read (a zero frame header ends the log), and the write lock, held
@@ -793,8 +793,7 @@ int wf_store_has_instance(wf_store *st, const char *id, int *exists) {
   int rc = sqlite3_step(s);
   *exists = rc == SQLITE_ROW;
   code = rc == SQLITE_ROW || rc == SQLITE_DONE ? WF_OK : fail(st, rc, "has instance");
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
+  finish(s);
   return code;
 }
 

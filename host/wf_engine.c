@@ -56,9 +56,9 @@ static void table_grow(wf_host *h) {
   h->nbuckets = n;
 }
 
-/* Returns the resident instance with this id, creating a stub (to be loaded from the store)
- * if there is none. */
-static wf_instance *get_or_stub(wf_host *h, const char *id) {
+/* Returns the resident instance with this id, adding one if there is none: an empty record,
+ * not yet loaded (its row is read from the store when it first runs). */
+static wf_instance *find_or_add(wf_host *h, const char *id) {
   wf_instance *in = wf_engine_find(h, id);
   if (in) return in;
   if (h->ninstances + 1 > h->nbuckets) table_grow(h);
@@ -351,7 +351,7 @@ static void fire_due(wf_host *h) {
     wf_timer t = heap_pop(h);
     wf_instance *in = wf_engine_find(h, t.id);
     if (!in) {
-      in = get_or_stub(h, t.id);
+      in = find_or_add(h, t.id);
       wf_engine_ready(h, in);
     } else if (!in->co) {
       wf_engine_ready(h, in);
@@ -454,7 +454,7 @@ static void free_submit(wf_submit *s) {
 static void event_arrived(wf_host *h, const char *id, int64_t event_id, const char *name,
                           const char *data, int64_t at) {
   if (event_id > h->last_event_id) h->last_event_id = event_id;
-  wf_instance *in = get_or_stub(h, id);
+  wf_instance *in = find_or_add(h, id);
   if (!strcmp(name, WF_EVENT_CANCEL)) in->cancel_requested = 1; /* its parent ended, or cancelled it */
   int known = 0;
   for (wf_event *ev = in->inbox; ev && !known; ev = ev->next) known = ev->id == event_id;
@@ -509,7 +509,7 @@ int wf_engine_create_child(wf_host *h, const char *id, const char *workflow, int
   }
   wf_engine_store_rc(h, rc);
   if (rc == WF_OK && made) {
-    wf_instance *in = get_or_stub(h, id);
+    wf_instance *in = find_or_add(h, id);
     in->row_new = !parent_id;
     in->workflow = wf_strdup(workflow);
     in->version = version;
@@ -538,12 +538,12 @@ static void apply_submit(wf_host *h, wf_submit *s) {
     rc = wf_engine_add_event(h, s->id, s->name, s->data);
     break;
   case WF_SUB_CANCEL:
-    in = get_or_stub(h, s->id);
+    in = find_or_add(h, s->id);
     in->cancel_requested = 1;
     wf_engine_ready(h, in);
     break;
   case WF_SUB_RETRY:
-    in = get_or_stub(h, s->id);
+    in = find_or_add(h, s->id);
     in->retry_requested = 1;
     wf_engine_ready(h, in);
     break;
@@ -553,7 +553,7 @@ static void apply_submit(wf_host *h, wf_submit *s) {
 
 static void ingest_pending(void *ud, const char *id) {
   wf_host *h = ud;
-  wf_instance *in = get_or_stub(h, id);
+  wf_instance *in = find_or_add(h, id);
   if (!in->loaded) wf_engine_ready(h, in);
 }
 
@@ -580,7 +580,7 @@ static void ingest_request(void *ud, int64_t req_id, const char *id, const char 
     wf_outbox_request(h, id);
     return;
   }
-  wf_instance *in = get_or_stub(h, id);
+  wf_instance *in = find_or_add(h, id);
   if (!strcmp(kind, "cancel")) in->cancel_requested = 1;
   else if (!strcmp(kind, "retry")) in->retry_requested = 1;
   wf_engine_ready(h, in);

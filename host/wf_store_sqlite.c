@@ -310,18 +310,23 @@ static void finish(sqlite3_stmt *s) {
   sqlite3_clear_bindings(s);
 }
 
+static int history_flush(wf_store *st);
+
+/* Before any statement but a history append, a held history entry is written, so that every
+ * statement (a read of the history, a savepoint, ...) sees the history as appended. */
+static int flush_before(wf_store *st, sqlite3_stmt *s) {
+  if (!st->held.used || s == st->stmt[S_APPEND_HISTORY] || s == st->stmt[S_APPEND_HISTORY2]) return WF_OK;
+  return history_flush(st);
+}
+
 /* Binds arguments to parameters 1, 2, ... of s as described by types: 't' a string (NULL
  * binds SQL NULL; it must stay valid until s is finished), 'I' an int64_t, 'i' an int, 'd' a
  * double (a negative one binds SQL NULL: "not set"). On failure s is finished and the error
  * recorded. */
-static int history_flush(wf_store *st);
-
 static int vbind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types, va_list ap) {
   int rc = SQLITE_OK;
-  if (st->held.used && s != st->stmt[S_APPEND_HISTORY] && s != st->stmt[S_APPEND_HISTORY2]) {
-    int code = history_flush(st); /* every other statement sees the history as appended */
-    if (code != WF_OK) return code;
-  }
+  int code = flush_before(st, s);
+  if (code != WF_OK) return code;
   for (int i = 0; types[i] && rc == SQLITE_OK; i++) {
     if (types[i] == 't')
       rc = sqlite3_bind_text(s, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC);
@@ -334,7 +339,7 @@ static int vbind(wf_store *st, sqlite3_stmt *s, const char *op, const char *type
       rc = sqlite3_bind_int(s, i + 1, va_arg(ap, int));
   }
   if (rc == SQLITE_OK) return WF_OK;
-  int code = fail(st, rc, op);
+  code = fail(st, rc, op);
   finish(s);
   return code;
 }
@@ -349,12 +354,10 @@ static int bind(wf_store *st, sqlite3_stmt *s, const char *op, const char *types
 
 /* Runs a bound statement that returns no rows, then finishes it. */
 static int run(wf_store *st, sqlite3_stmt *s, const char *op) {
-  if (st->held.used && s != st->stmt[S_APPEND_HISTORY] && s != st->stmt[S_APPEND_HISTORY2]) {
-    int code = history_flush(st); /* a savepoint, for instance */
-    if (code != WF_OK) return code;
-  }
+  int code = flush_before(st, s);
+  if (code != WF_OK) return code;
   int rc = sqlite3_step(s);
-  int code = rc == SQLITE_DONE || rc == SQLITE_ROW ? WF_OK : fail(st, rc, op);
+  code = rc == SQLITE_DONE || rc == SQLITE_ROW ? WF_OK : fail(st, rc, op);
   finish(s);
   return code;
 }

@@ -245,6 +245,15 @@ static void table_add(table *t, const char *const *row) {
   t->nrows++;
 }
 
+/* A table whose first row is the header head (ncols names). */
+static table table_with_head(int ncols, const char *const *head) {
+  table t = {.ncols = ncols};
+  char *row[16];
+  for (int i = 0; i < ncols; i++) row[i] = one_line(head[i], 0);
+  table_add(&t, (const char *const *)row);
+  return t;
+}
+
 /* Prints the table, each line after indent; right_align is a mask of the columns aligned
  * right (numbers). Frees the table. */
 static void table_print(table *t, const char *indent, unsigned right_align) {
@@ -469,11 +478,9 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
   }
   printf("\nhistory (%zu %s):\n", nh, nh == 1 ? "entry" : "entries");
   if (!nh) return;
-  table t = {.ncols = 6};
   const char *head[] = {"POS", "TIME", "SEQ", "KIND", "NAME", "DATA"};
+  table t = table_with_head(6, head);
   char *row[6];
-  for (int i = 0; i < 6; i++) row[i] = one_line(head[i], 0);
-  table_add(&t, (const char *const *)row);
   for (size_t k = 0; k < nh; k++) {
     char when[40];
     fmt_time(hist[k].at, 1, when);
@@ -491,11 +498,9 @@ void wf_cli_print_show(const wf_info *in, const wf_history_entry *hist, size_t n
 /* ---- circuit breakers -------------------------------------------------------------------- */
 
 void wf_cli_print_breakers(const wf_breaker_info *list, size_t n) {
-  table t = {.ncols = 7};
   const char *head[] = {"ACTION", "KEY", "STATE", "CALLS", "FAILURES", "OPEN UNTIL", "UPDATED"};
+  table t = table_with_head(7, head);
   char *row[7];
-  for (int i = 0; i < 7; i++) row[i] = one_line(head[i], 0);
-  table_add(&t, (const char *const *)row);
   for (size_t k = 0; k < n; k++) {
     char until[40], when[40];
     fmt_time(list[k].open_until, 0, until);
@@ -535,11 +540,9 @@ void wf_cli_print_breakers_json(const wf_breaker_info *list, size_t n) {
 /* ---- schedules --------------------------------------------------------------------------- */
 
 void wf_cli_print_schedules(const wf_schedule_info *list, size_t n) {
-  table t = {.ncols = 8};
   const char *head[] = {"ID", "WORKFLOW", "CRON", "ZONE", "NEXT", "LAST", "LAST INSTANCE", "SKIPPED"};
+  table t = table_with_head(8, head);
   char *row[8];
-  for (int i = 0; i < 8; i++) row[i] = one_line(head[i], 0);
-  table_add(&t, (const char *const *)row);
   for (size_t k = 0; k < n; k++) {
     const wf_schedule_info *s = &list[k];
     char next[40], last[40];
@@ -603,11 +606,9 @@ void wf_cli_print_schedule_added(const wf_schedule_info *s) {
 /* ---- workflow versions ------------------------------------------------------------------- */
 
 void wf_cli_print_workflows(const wf_workflow_info *list, size_t n) {
-  table t = {.ncols = 5};
   const char *head[] = {"WORKFLOW", "VERSION", "LOADED", "ACTIVE", "FILE"};
+  table t = table_with_head(5, head);
   char *row[5];
-  for (int i = 0; i < 5; i++) row[i] = one_line(head[i], 0);
-  table_add(&t, (const char *const *)row);
   for (size_t k = 0; k < n; k++) {
     row[0] = one_line(list[k].name, 0);
     row[1] = fmt_cell("%d", list[k].version);
@@ -635,11 +636,9 @@ void wf_cli_print_workflows_json(const wf_workflow_info *list, size_t n) {
 /* ---- the outbox ---------------------------------------------------------------------------- */
 
 void wf_cli_print_outbox(const wf_outbox_entry *list, size_t n) {
-  table t = {.ncols = 8};
   const char *head[] = {"MESSAGE", "TOPIC", "INSTANCE", "SUBSCRIBER", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"};
+  table t = table_with_head(8, head);
   char *row[8];
-  for (int i = 0; i < 8; i++) row[i] = one_line(head[i], 0);
-  table_add(&t, (const char *const *)row);
   for (size_t k = 0; k < n; k++) {
     const wf_outbox_entry *e = &list[k];
     char next[40];

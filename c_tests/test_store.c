@@ -95,32 +95,30 @@ static void test_open_and_reopen(void) {
   wf_store_close(NULL);
 }
 
-/* Takes a fresh database back to schema 5: drops what version 6 (children, runs) added. */
-/* Takes a fresh database back to schema 6: history rows of one entry each. */
-static void drop_after_v6(const char *path) {
-  char out[64];
-  const char *const cols[] = {"seq2", "kind2", "name2", "data2", "at2"};
-  for (int i = 0; i < 5; i++) {
-    char sql[80];
-    snprintf(sql, sizeof sql, "ALTER TABLE history DROP COLUMN %s", cols[i]);
+/* Drops the columns cols (NULL-terminated) of table, as a migration added them. */
+static void drop_columns(const char *path, const char *table, const char *const *cols) {
+  char out[64], sql[128];
+  for (int i = 0; cols[i]; i++) {
+    snprintf(sql, sizeof sql, "ALTER TABLE %s DROP COLUMN %s", table, cols[i]);
     CHECK(raw_sql(path, sql, out) == 0);
   }
 }
 
+/* Takes a fresh database back to schema 6: history rows of one entry each. */
+static void drop_after_v6(const char *path) {
+  drop_columns(path, "history", (const char *const[]){"seq2", "kind2", "name2", "data2", "at2", NULL});
+}
+
+/* Takes a fresh database back to schema 5: drops what versions 6 (children, runs) and 7 added. */
 static void drop_after_v5(const char *path) {
   char out[64];
   drop_after_v6(path);
   CHECK(raw_sql(path, "DROP INDEX instances_parent", out) == 0);
-  const char *const cols[] = {"parent_id", "parent_seq", "detached", "run"};
-  for (int i = 0; i < 4; i++) {
-    char sql[80];
-    snprintf(sql, sizeof sql, "ALTER TABLE instances DROP COLUMN %s", cols[i]);
-    CHECK(raw_sql(path, sql, out) == 0);
-  }
+  drop_columns(path, "instances", (const char *const[]){"parent_id", "parent_seq", "detached", "run", NULL});
 }
 
 /* Takes a fresh database back to schema 2: drops what versions 3 (schedules), 4 (catalog
- * sources, progress), 5 (the outbox) and 6 added. */
+ * sources, progress), 5 (the outbox), 6 and 7 added. */
 static void drop_after_v2(const char *path) {
   char out[64];
   drop_after_v5(path);
